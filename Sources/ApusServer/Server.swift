@@ -1,0 +1,120 @@
+// Wiring: config → SASL → TLS → spool recovery → scheduler → listeners. One process; every
+// session is a task on the epoll reactor.
+
+import Auth
+import Config
+import DNS
+import Delivery
+import Glibc
+import MailCore
+import Mailbox
+import Net
+import SMTP
+import Spool
+
+/// What every session needs, shared read-only.
+final class ServerContext: Sendable {
+    let config: ApusConfig
+    let tls: TLSContext?
+    let spool: Spool
+    let maildirs: MaildirStore
+    let scheduler: Scheduler
+
+    init(config: ApusConfig, tls: TLSContext?, spool: Spool, maildirs: MaildirStore, scheduler: Scheduler) {
+        self.config = config
+        self.tls = tls
+        self.spool = spool
+        self.maildirs = maildirs
+        self.scheduler = scheduler
+    }
+}
+
+public enum ApusServer {
+    /// Starts everything and returns once every listener is bound; sessions run in tasks.
+    public static func start(configPath: String) async throws {
+        let config = try ApusConfig.load(path: configPath)
+        try SASL.initialize(sasldbPath: config.sasldbPath)
+        var tls: TLSContext?
+        if let certificate = config.tlsCertificate, let key = config.tlsKey {
+            tls = try TLSContext(serverCertificate: certificate, key: key)
+        }
+        let spool = try Spool(directory: config.spoolDirectory)
+        let recovered = try spool.recover()
+        let maildirs = MaildirStore(root: config.mailDirectory)
+        let resolver = try Resolver(forwarders: config.dnsServers)
+        let outboundTLS = TLSPolicy(rawValue: config.outboundTLS) ?? .may
+        let remote = RemoteDelivery(heloName: config.hostname, port: config.testOnlyOutboundSMTPPort,
+                                    tlsPolicy: outboundTLS, resolver: resolver,
+                                    tlsContext: try TLSContext(clientVerifying: outboundTLS == .verify))
+        let scheduler = Scheduler(
+            settings: .init(hostname: config.hostname, localDomains: Set(config.localDomains),
+                            retry: RetryPolicy(firstSeconds: config.retryFirst, maximumSeconds: config.retryMax,
+                                               lifetimeSeconds: config.queueLifetime),
+                            concurrency: config.deliveryConcurrency),
+            spool: spool, maildirs: maildirs, remote: remote)
+        let context = ServerContext(config: config, tls: tls, spool: spool, maildirs: maildirs, scheduler: scheduler)
+
+        var listeners: [(Listener, ServiceKind)] = []
+        for spec in config.listeners {
+            let listener = try Listener(ip: spec.ip, port: spec.port)
+            listeners.append((listener, spec.service))
+            Log.info("listening for \(spec.service.rawValue) on \(listener.address)")
+        }
+        if config.testOnlyOutboundSMTPPort != 25 {
+            Log.warning("test_only_outbound_smtp_port = \(config.testOnlyOutboundSMTPPort): outbound SMTP does not use port 25")
+        }
+        Log.info("recovered \(recovered.count) queued message(s) from \(config.spoolDirectory)")
+        await scheduler.start(recovered: recovered)
+        for (listener, service) in listeners {
+            Task { await acceptLoop(listener, service: service, context: context) }
+        }
+        Log.info("ready: \(config.hostname), local domains \(config.localDomains.joined(separator: ", "))")
+    }
+
+    /// SIGTERM and SIGINT are taken synchronously by one thread with sigwait, so no handler runs
+    /// inside arbitrary code; threads created afterwards inherit the blocked mask. Stopping at
+    /// any instant is safe: what was answered 250 is already durable.
+    public static func stopOnSignals() {
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        var thread = pthread_t()
+        pthread_create(&thread, nil, { _ in
+            var set = sigset_t()
+            sigemptyset(&set)
+            sigaddset(&set, SIGTERM)
+            sigaddset(&set, SIGINT)
+            var received: Int32 = 0
+            sigwait(&set, &received)
+            Log.info("stopping on signal \(received)")
+            exit(0)
+        }, nil)
+    }
+
+    private static func acceptLoop(_ listener: Listener, service: ServiceKind, context: ServerContext) async {
+        let timeout = context.config.commandTimeout
+        while true {
+            do {
+                let (fd, peer) = try await listener.accept()
+                Task {
+                    let connection = Connection(fd: fd, peer: peer, readTimeout: timeout)
+                    switch service {
+                    case .smtp, .submission, .submissions:
+                        let kind: SMTPService = service == .smtp ? .mx : (service == .submission ? .submission : .submissions)
+                        var handler = SMTPConnectionHandler(server: context, service: kind, connection: connection)
+                        await handler.run()
+                    case .pop3, .pop3s:
+                        var handler = POP3ConnectionHandler(server: context, connection: connection,
+                                                            implicitTLS: service == .pop3s)
+                        await handler.run()
+                    }
+                }
+            } catch {
+                Log.error("accept on \(listener.address): \(error)")
+                try? await Task.sleep(nanoseconds: 100_000_000)
+            }
+        }
+    }
+}

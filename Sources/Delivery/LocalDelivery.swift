@@ -1,0 +1,33 @@
+// Delivery to a local Maildir, with the trace fields a mailbox expects in front of the message:
+// Return-Path (RFC 5321 §4.4, added by the final delivery) and Delivered-To (loop detection,
+// as Postfix's local(8) adds it).
+
+import MailCore
+import Mailbox
+import Net
+import SMTP
+import Spool
+
+enum LocalDelivery {
+    static func deliver(_ body: [UInt8], to recipient: Mailbox, index: Int, message: QueuedMessage,
+                        hostname: String, maildirs: MaildirStore) async -> AttemptOutcome {
+        var trace = "Return-Path: <\(message.envelope.sender)>\r\nDelivered-To: \(recipient)\r\n"
+        if trace.utf8.contains(0) { trace = "" }
+        let bytes = Array(trace.utf8) + body
+        // Deterministic per queue id and recipient: a repeat after a crash finds it and stops.
+        let name = "\(message.arrival / 1000).Q\(message.queueID)R\(index).\(hostname)"
+        do {
+            try await Blocking.run {
+                if !maildirs.exists(recipient) {
+                    throw IOError(operation: "deliver", path: recipient.description, code: 2)
+                }
+                try maildirs.deliver(bytes, to: recipient, uniqueName: name)
+            }
+            return AttemptOutcome(result: .delivered(Reply(250, "2.0.0", "delivered to maildir")), relay: "local")
+        } catch let error as IOError where error.code == 2 && error.operation == "deliver" {
+            return AttemptOutcome(result: .bounced(Reply(550, "5.1.1", "unknown user: \"\(recipient.localPart)\"")), relay: "local")
+        } catch {
+            return AttemptOutcome(result: .deferred(Reply(451, "4.3.0", "maildir delivery failed: \(error)")), relay: "local")
+        }
+    }
+}

@@ -1,0 +1,219 @@
+// The delivery scheduler: holds the queue in memory (the spool holds it on disk), starts an
+// attempt for every message with recipients that are due, journals each recipient's outcome
+// before acting on it, retries with backoff, and bounces what fails for good.
+//
+// Time and randomness are injected (`clock`, `random`), so the retry policy is testable without
+// waiting.
+
+import MailCore
+import Mailbox
+import Net
+import SMTP
+import Spool
+
+public actor Scheduler {
+    public struct Settings: Sendable {
+        public var hostname: String
+        public var localDomains: Set<String>
+        public var retry: RetryPolicy
+        public var concurrency: Int
+        public init(hostname: String, localDomains: Set<String>, retry: RetryPolicy, concurrency: Int) {
+            self.hostname = hostname
+            self.localDomains = localDomains
+            self.retry = retry
+            self.concurrency = concurrency
+        }
+    }
+
+    private let settings: Settings
+    private let spool: Spool
+    private let maildirs: MaildirStore
+    private let remote: RemoteDelivery
+    private let clock: @Sendable () -> Int64
+    private let random: @Sendable () -> Double
+    private var queue: [QueueID: QueuedMessage] = [:]
+    private var inFlight: Set<QueueID> = []
+    private var loop: Task<Void, Never>?
+
+    public init(settings: Settings, spool: Spool, maildirs: MaildirStore, remote: RemoteDelivery,
+                clock: @escaping @Sendable () -> Int64 = unixMilliseconds,
+                random: @escaping @Sendable () -> Double = { Double.random(in: 0..<1) }) {
+        self.settings = settings
+        self.spool = spool
+        self.maildirs = maildirs
+        self.remote = remote
+        self.clock = clock
+        self.random = random
+    }
+
+    /// Starts with what recovery found, and ticks once a second for retries.
+    public func start(recovered: [QueuedMessage]) {
+        for message in recovered { queue[message.queueID] = message }
+        dispatchDue()
+        loop = Task { [weak self] in
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 1_000_000_000)
+                await self?.dispatchDue()
+            }
+        }
+    }
+
+    /// A freshly accepted message: try it now.
+    public func enqueue(_ message: QueuedMessage) {
+        queue[message.queueID] = message
+        dispatchDue()
+    }
+
+    public var count: Int { queue.count }
+
+    private func dispatchDue() {
+        let now = clock()
+        for (qid, message) in queue where !inFlight.contains(qid) {
+            guard inFlight.count < settings.concurrency else { return }
+            let due = message.states.contains { state in
+                if case .pending(_, let next) = state { return next <= now }
+                return false
+            }
+            guard due else { continue }
+            inFlight.insert(qid)
+            Task { await self.attempt(message) }
+        }
+    }
+
+    private func attempt(_ original: QueuedMessage) async {
+        let now = clock()
+        var message = original
+        let queueID = original.queueID
+        let body: [UInt8]
+        do {
+            body = try await Blocking.run { [spool] in try spool.readMessage(queueID) }
+        } catch {
+            Log.error("\(message.queueID): cannot read queue file: \(error)")
+            finishAttempt(message)
+            return
+        }
+
+        // Recipients due now, grouped by destination: local, or one group per remote domain.
+        var groups: [String: [Int]] = [:]
+        for (index, state) in message.states.enumerated() {
+            guard case .pending(_, let next) = state, next <= now else { continue }
+            let domain = message.envelope.recipients[index].domain
+            groups[settings.localDomains.contains(domain) ? "" : domain, default: []].append(index)
+        }
+
+        var outcomes: [Int: AttemptOutcome] = [:]
+        await withTaskGroup(of: [(Int, AttemptOutcome)].self) { group in
+            for (domain, indexes) in groups {
+                group.addTask { [settings, maildirs, remote, original] in
+                    let message = original
+                    let recipients = indexes.map { message.envelope.recipients[$0] }
+                    if domain.isEmpty {
+                        var results: [(Int, AttemptOutcome)] = []
+                        for (index, rcpt) in zip(indexes, recipients) {
+                            let outcome = await LocalDelivery.deliver(body, to: rcpt, index: index, message: message,
+                                                                      hostname: settings.hostname, maildirs: maildirs)
+                            results.append((index, outcome))
+                        }
+                        return results
+                    }
+                    let results = await remote.deliver(domain: domain, sender: message.envelope.sender,
+                                                       recipients: recipients, message: body)
+                    return Array(zip(indexes, results))
+                }
+            }
+            for await results in group { for (i, o) in results { outcomes[i] = o } }
+        }
+
+        // Journal first, then act: a recipient is final only once its record is durable.
+        let finished = clock()
+        var records: [JournalRecord] = []
+        var failures: [FailedRecipient] = []
+        for (index, outcome) in outcomes.sorted(by: { $0.key < $1.key }) {
+            let rcpt = message.envelope.recipients[index]
+            let delay = String(format2: Double(finished - message.arrival) / 1000)
+            var status: String
+            switch outcome.result {
+            case .delivered:
+                message.states[index] = .delivered
+                records.append(.delivered(message.queueID, index: index))
+                status = "sent"
+            case .bounced(let reply):
+                message.states[index] = .failed
+                records.append(.failed(message.queueID, index: index))
+                failures.append(FailedRecipient(recipient: rcpt, reply: reply, remoteMTA: outcome.relay == "none" ? nil : outcome.relay))
+                status = "bounced"
+            case .deferred(let reply):
+                var attempts = 1
+                if case .pending(let n, _) = message.states[index] { attempts = n + 1 }
+                if settings.retry.expired(arrival: message.arrival, now: finished) {
+                    message.states[index] = .failed
+                    records.append(.failed(message.queueID, index: index))
+                    let expired = Reply(550, "5.4.7", "delivery time expired; last error: \(reply)")
+                    failures.append(FailedRecipient(recipient: rcpt, reply: expired, remoteMTA: nil))
+                    status = "expired"
+                } else {
+                    let next = finished + settings.retry.delay(afterAttempts: attempts, unitRandom: random())
+                    message.states[index] = .pending(attempts: attempts, nextAttempt: next)
+                    records.append(.deferred(message.queueID, index: index, nextAttempt: next, attempts: attempts))
+                    status = "deferred"
+                }
+            }
+            let reply = outcome.result.reply
+            Log.info("\(message.queueID): to=<\(rcpt)>, relay=\(outcome.relay), delay=\(delay), dsn=\(reply.enhanced ?? "\(reply.code / 100).0.0"), status=\(status) (\(reply))")
+        }
+        do {
+            try await spool.record(records)
+        } catch {
+            Log.error("\(message.queueID): journal write failed: \(error); will retry")
+        }
+
+        if !failures.isEmpty, case .mailbox(let sender) = message.envelope.sender {
+            await sendBounce(for: message, to: sender, failures: failures, body: body)
+        }
+        if message.states.allSatisfy(\.isFinal) {
+            do {
+                try await spool.remove(message.queueID)
+                Log.info("\(message.queueID): removed")
+            } catch {
+                Log.error("\(message.queueID): cannot remove: \(error)")
+            }
+            queue[message.queueID] = nil
+            inFlight.remove(message.queueID)
+            dispatchDue()
+            return
+        }
+        finishAttempt(message)
+    }
+
+    private func finishAttempt(_ message: QueuedMessage) {
+        queue[message.queueID] = message
+        inFlight.remove(message.queueID)
+        dispatchDue()
+    }
+
+    private func sendBounce(for message: QueuedMessage, to sender: Mailbox, failures: [FailedRecipient], body: [UInt8]) async {
+        let now = clock()
+        let queueID = QueueID.next()
+        let report = Bounce.report(hostname: settings.hostname, queueID: message.queueID, arrival: message.arrival,
+                                   originalSender: sender, failures: failures, originalMessage: body, now: now)
+        let envelope = Envelope(sender: .null, recipients: [sender], heloName: settings.hostname,
+                                clientAddress: "127.0.0.1", receivedProtocol: "local")
+        do {
+            let queued = try await spool.accept(envelope: envelope, message: report, arrival: now, queueID: queueID,
+                                                runBlocking: { work in try await Blocking.run(work) })
+            Log.info("\(message.queueID): sender non-delivery notification: \(queueID)")
+            queue[queued.queueID] = queued
+        } catch {
+            Log.error("\(message.queueID): cannot queue bounce: \(error)")
+        }
+    }
+}
+
+extension String {
+    /// "1.25" — two decimals, as Postfix prints delays.
+    init(format2 value: Double) {
+        let hundredths = Int((value * 100).rounded())
+        let fraction = hundredths % 100
+        self = "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
+    }
+}

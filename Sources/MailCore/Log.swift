@@ -1,0 +1,47 @@
+// One line per event on stderr (journald captures it), in the field style mail administrators
+// grep for: "QUEUEID: to=<…>, relay=…, delay=…, dsn=…, status=…".
+
+import Glibc
+
+public enum Log {
+    nonisolated(unsafe) public static var program = "apusd"
+
+    public static func info(_ message: String) { emit(message) }
+    public static func warning(_ message: String) { emit("warning: " + message) }
+    public static func error(_ message: String) { emit("error: " + message) }
+
+    private static func emit(_ message: String) {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = ts.tv_sec
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        func pad(_ n: Int32, _ width: Int = 2) -> String {
+            let s = String(n)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        let stamp = "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T"
+            + "\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        // Never let a peer's bytes forge a second log line.
+        let clean = String(decoding: message.utf8.map { $0 == 10 || $0 == 13 ? UInt8(ascii: "?") : $0 }, as: UTF8.self)
+        let line = Array("\(stamp) \(program)[\(getpid())]: \(clean)\n".utf8)
+        line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+extension QueueID {
+    /// A fresh queue id from the wall clock and the system random generator.
+    public static func next() -> QueueID {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let micros = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec / 1000)
+        return make(microseconds: micros, random: UInt64.random(in: 0...0xFFFFF))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+public func unixMilliseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+}

@@ -1,0 +1,164 @@
+// One TCP connection as a session task sees it: buffered line reads with a timeout, buffered
+// writes flushed when the client has nothing more pipelined, and TLS switched on in place
+// (STARTTLS/STLS) or from the first byte (implicit TLS).
+//
+// Not Sendable: a connection belongs to the one task that runs its session.
+
+import CApusShim
+import Glibc
+import MailCore
+
+public final class Connection {
+    public let fd: Int32
+    public let peer: SocketAddress
+    /// Seconds a read may wait for the peer (RFC 5321 §4.5.3.2 suggests 5 minutes for commands).
+    public var readTimeout: Int
+    public private(set) var input = LineBuffer()
+    private var output: [UInt8] = []
+    private var tls: TLSEngine?
+    private var closed = false
+
+    public init(fd: Int32, peer: SocketAddress, readTimeout: Int = 300) {
+        self.fd = fd
+        self.peer = peer
+        self.readTimeout = readTimeout
+    }
+
+    deinit { close() }
+
+    public var isTLS: Bool { tls != nil }
+    public var tlsSummary: String? { tls?.summary }
+    public var hasBufferedInput: Bool { !input.isEmpty }
+
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        Reactor.shared.deregister(fd)
+        Glibc.close(fd)
+    }
+
+    // MARK: reading
+
+    /// Reads whatever the peer sends next into `input` (decrypted if TLS is on).
+    public func fill() async throws {
+        var plaintext: [UInt8] = []
+        while plaintext.isEmpty {
+            let raw = try await readRaw()
+            guard let tls else {
+                input.append(raw)
+                return
+            }
+            raw.withUnsafeBytes { tls.feed($0) }
+            let open = try tls.readPlaintext(into: &plaintext)
+            try await sendRaw(tls.takeOutput())
+            if !open && plaintext.isEmpty { throw NetError.closed }
+        }
+        input.append(plaintext)
+    }
+
+    /// The next line (CR LF or LF stripped), or `.tooLong`. Never `.needMore`.
+    public func readLine(limit: Int) async throws -> LineResult {
+        while true {
+            let result = input.nextLine(limit: limit)
+            if result != .needMore { return result }
+            try await fill()
+        }
+    }
+
+    /// Reads SMTP DATA through `framer` until its terminator; bytes after it stay buffered.
+    public func readData(into framer: inout DataFramer) async throws -> DataFramer.Outcome {
+        while true {
+            let pending = input.takeAll()
+            if let (outcome, consumed) = framer.feed(pending) {
+                input.append(pending.dropFirst(consumed))
+                return outcome
+            }
+            try await fill()
+        }
+    }
+
+    private func readRaw() async throws -> [UInt8] {
+        let deadline = monotonicMilliseconds() + Int64(readTimeout) * 1000
+        while true {
+            var chunk = [UInt8](repeating: 0, count: 16_384)
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n > 0 {
+                chunk.removeLast(chunk.count - n)
+                return chunk
+            }
+            if n == 0 { throw NetError.closed }
+            let e = errno
+            if e == EAGAIN || e == EWOULDBLOCK || e == EINTR {
+                try await Reactor.shared.wait(fd, for: .read, deadline: deadline)
+                continue
+            }
+            throw NetError.system("read", e)
+        }
+    }
+
+    // MARK: writing
+
+    public func queue(_ bytes: [UInt8]) { output.append(contentsOf: bytes) }
+    public func queue(line: String) {
+        output.append(contentsOf: Array(line.utf8))
+        output.append(13); output.append(10)
+    }
+
+    public func flush() async throws {
+        guard !output.isEmpty else { return }
+        let pending = output
+        output = []
+        if let tls {
+            try pending.withUnsafeBytes { try tls.writePlaintext($0) }
+            try await sendRaw(tls.takeOutput())
+        } else {
+            try await sendRaw(pending)
+        }
+    }
+
+    private func sendRaw(_ bytes: [UInt8]) async throws {
+        var offset = 0
+        let deadline = monotonicMilliseconds() + Int64(readTimeout) * 1000
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n > 0 { offset += n; continue }
+            let e = errno
+            if n < 0 && (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
+                try await Reactor.shared.wait(fd, for: .write, deadline: deadline)
+                continue
+            }
+            throw n == 0 ? NetError.closed : NetError.system("send", e)
+        }
+    }
+
+    // MARK: TLS
+
+    /// Runs a TLS handshake as server or client. Whatever the peer sent in plaintext before the
+    /// handshake is discarded: it must never be read as if it came over TLS (CVE-2011-0411).
+    public func startTLS(context: TLSContext, serverName: String? = nil) async throws {
+        try await flush()
+        input.discardAll()
+        let engine = try TLSEngine(context: context, serverName: serverName)
+        while true {
+            let progress = try engine.handshake()
+            try await sendRaw(engine.takeOutput())
+            if progress == .done { break }
+            let raw = try await readRaw()
+            raw.withUnsafeBytes { engine.feed($0) }
+        }
+        tls = engine
+        // Application data that arrived with the last handshake flight (e.g. a pipelined EHLO).
+        var early: [UInt8] = []
+        _ = try engine.readPlaintext(into: &early)
+        input.append(early)
+    }
+
+    /// Sends a TLS close_notify if TLS is on (best effort), then closes.
+    public func shutdown() async {
+        if let tls {
+            tls.shutdown()
+            try? await sendRaw(tls.takeOutput())
+        }
+        close()
+    }
+}
