@@ -1,0 +1,82 @@
+"""More real clients against the real apusd: fetchmail and curl over POP3S (RFC 1939, RFC 8314),
+and apusd's refusal of a broken config file (errors name file:line).
+
+Run with the rest of the suite:  python3 -m unittest discover -s Tests/Integration -v
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import APUSD, Apus  # noqa: E402
+from test_end_to_end import DEMO, PASSWORD, TIMEOUT, ApusTestCase, build_message  # noqa: E402
+
+
+class FetchClientsTest(ApusTestCase):
+
+    def test_fetchmail_pop3s_fetches_and_deletes(self):
+        apus = self.start_apus()
+        msg = build_message("sender@example.com", DEMO, "for fetchmail")
+        self.deliver_locally(apus, msg)
+
+        out = self.tmp / "fetched.mbox"
+        rc = self.tmp / "fetchmailrc"
+        rc.write_text(
+            "set no syslog\n"
+            f"poll 127.0.0.1 port {apus.ports['pop3s']} protocol pop3 timeout {TIMEOUT}\n"
+            f"  user \"{DEMO}\" password \"{PASSWORD}\"\n"
+            f"  ssl sslcertck sslcertfile \"{apus.cert}\" sslcommonname localhost\n"
+            f"  mda \"/bin/sh -c 'cat >> {out}'\"\n"
+            "  fetchall nokeep\n")
+        os.chmod(rc, 0o600)
+        env = dict(os.environ, FETCHMAILHOME=str(self.tmp), HOME=str(self.tmp))
+        result = subprocess.run(["fetchmail", "-f", str(rc), "-v"], env=env, capture_output=True,
+                                timeout=TIMEOUT * 2, text=True)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertTrue(out.exists(), result.stdout + result.stderr)
+        fetched = out.read_bytes().replace(b"\r\n", b"\n")
+        # fetchmail passes the message to the MDA with LF line ends; it must contain the body.
+        self.assertIn(msg.replace(b"\r\n", b"\n").split(b"\n\n", 1)[1], fetched)
+        # nokeep: the message was deleted on the server (RFC 1939 §6 UPDATE).
+        self.assertEqual(list((apus.maildir(DEMO) / "cur").iterdir()), [])
+
+    def test_curl_pop3s_retrieves_byte_identical(self):
+        """The fetch command `make run` prints: curl pop3s://…/1 (RETR 1)."""
+        apus = self.start_apus()
+        msg = build_message("sender@example.com", DEMO, "for curl")
+        self.deliver_locally(apus, msg)
+        result = subprocess.run(
+            ["curl", "-sS", "--max-time", str(TIMEOUT), "--cacert", str(apus.cert),
+             "-u", f"{DEMO}:{PASSWORD}", f"pop3s://localhost:{apus.ports['pop3s']}/1",
+             "--resolve", f"localhost:{apus.ports['pop3s']}:127.0.0.1"],
+            capture_output=True, timeout=TIMEOUT * 2)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assert_trace_prefix_then_exact(result.stdout, msg, required_fields=("Return-Path", "Received"))
+
+
+class ConfigErrorTest(unittest.TestCase):
+
+    def test_bad_config_names_file_and_line(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            conf = Path(tmp) / "apus.conf"
+            conf.write_text("hostname = mx.example\n# comment\nretry_first = soon\n")
+            result = subprocess.run([str(APUSD), "-c", str(conf)], capture_output=True, text=True,
+                                    timeout=TIMEOUT)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(f"{conf}:3:", result.stderr)
+            conf.write_text("listen = smtp 127.0.0.1:notaport\n")
+            result = subprocess.run([str(APUSD), "-c", str(conf)], capture_output=True, text=True,
+                                    timeout=TIMEOUT)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(f"{conf}:1:", result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
