@@ -40,9 +40,11 @@ let package = Package(
         .executableTarget(name: "apusctl", dependencies: ["ApusServer"], swiftSettings: strict),
 
         .testTarget(name: "MailCoreTests", dependencies: ["MailCore"], swiftSettings: strict),
-        .testTarget(name: "SMTPTests", dependencies: ["SMTP", "MailCore"], swiftSettings: strict),
-        .testTarget(name: "POP3Tests", dependencies: ["POP3", "MailCore"], swiftSettings: strict),
+        .target(name: "TranscriptSupport", path: "Tests/TranscriptSupport", swiftSettings: strict),
+        .testTarget(name: "SMTPTests", dependencies: ["SMTP", "MailCore", "TranscriptSupport"], swiftSettings: strict),
+        .testTarget(name: "POP3Tests", dependencies: ["POP3", "MailCore", "TranscriptSupport"], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "Mailbox", "MailCore"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
+        .testTarget(name: "DeliveryTests", dependencies: ["Delivery"], swiftSettings: strict),
     ]
 )

@@ -88,6 +88,7 @@ public struct ApusConfig: Sendable {
     public static func parse(_ text: String, file: String) throws(ConfigError) -> ApusConfig {
         var config = ApusConfig()
         var seen: [String: Int] = [:]
+        var listenLines: [Int] = []  // line of each entry of config.listeners
         var lineNumber = 0
         for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
@@ -151,6 +152,7 @@ public struct ApusConfig: Sendable {
                     throw fail("listen: '\(words[1])' is not <ip>:<port> (IPv6 as [::1]:25)")
                 }
                 config.listeners.append(ListenSpec(service: service, ip: ip, port: port))
+                listenLines.append(lineNumber)
             case "relay_networks":
                 var ranges: [NetworkRange] = []
                 for item in list() {
@@ -184,8 +186,9 @@ public struct ApusConfig: Sendable {
                               message: "tls_certificate and tls_key must be set together")
         }
         let needsTLS: Set<ServiceKind> = [.submission, .submissions, .pop3s]
-        if config.tlsCertificate == nil, let l = config.listeners.first(where: { needsTLS.contains($0.service) }) {
-            throw ConfigError(file: file, line: seen["listen"] ?? 0,
+        if config.tlsCertificate == nil, let i = config.listeners.firstIndex(where: { needsTLS.contains($0.service) }) {
+            let l = config.listeners[i]
+            throw ConfigError(file: file, line: listenLines[i],
                               message: "listen \(l.service.rawValue) needs tls_certificate and tls_key")
         }
         if config.localDomains.isEmpty {
@@ -232,7 +235,7 @@ public struct NetworkRange: Sendable, Equatable {
 
     public init?(_ text: String) {
         let parts = text.split(separator: "/")
-        guard parts.count <= 2, let bytes = NetworkRange.bytes(String(parts[0])) else { return nil }
+        guard !parts.isEmpty, parts.count <= 2, let bytes = NetworkRange.bytes(String(parts[0])) else { return nil }
         let maxPrefix = bytes.count * 8
         let prefix = parts.count == 2 ? Int(parts[1]) : maxPrefix
         guard let prefix, prefix >= 0, prefix <= maxPrefix else { return nil }

@@ -15,6 +15,7 @@ public struct LineBuffer: Sendable {
     public private(set) var bytes: [UInt8] = []
     private var start = 0
     private var discardingLongLine = false
+    private var scanned = 0
 
     public init() {}
 
@@ -31,6 +32,7 @@ public struct LineBuffer: Sendable {
         let rest = bytes[start...]
         bytes = []
         start = 0
+        scanned = 0
         return rest
     }
 
@@ -39,40 +41,48 @@ public struct LineBuffer: Sendable {
     public mutating func discardAll() {
         bytes = []
         start = 0
+        scanned = 0
         discardingLongLine = false
     }
 
     /// Next line ending in LF (CR before it stripped). Command lines accept a bare LF as Postfix
     /// does; DATA is framed separately and strictly by `DataFramer`.
     public mutating func nextLine(limit: Int) -> LineResult {
-        while true {
-            let searchEnd = min(bytes.count, start + limit + 2)
-            if let lf = bytes[start..<searchEnd].firstIndex(of: 10) {
-                var end = lf
-                if end > start && bytes[end - 1] == 13 { end -= 1 }
-                let line = Array(bytes[start..<end])
-                start = lf + 1
-                if discardingLongLine {
-                    discardingLongLine = false
-                    return .tooLong
-                }
-                if line.count > limit { return .tooLong }
-                return .line(line)
+        // Bytes before `scanned` are known to hold no LF: a line trickling in byte by byte is
+        // searched once, not once per byte.
+        let from = max(start, scanned)
+        let searchEnd = min(bytes.count, start + limit + 2)
+        if from < searchEnd, let lf = bytes[from..<searchEnd].firstIndex(of: 10) {
+            var end = lf
+            if end > start && bytes[end - 1] == 13 { end -= 1 }
+            let line = Array(bytes[start..<end])
+            start = lf + 1
+            if discardingLongLine {
+                discardingLongLine = false
+                return .tooLong
             }
-            if bytes.count - start > limit + 1 {
-                // Too long: drop what we have and keep dropping until the next LF.
-                discardingLongLine = true
-                start = bytes.count
-                compactIfUseful()
-                return .needMore
-            }
-            return .needMore
+            return line.count > limit ? .tooLong : .line(line)
         }
+        scanned = max(from, searchEnd)
+        guard bytes.count - start > limit + 1 else { return .needMore }
+        // Too long. If its LF is already buffered, skip just past it, so the lines that follow
+        // (pipelined commands) are still read.
+        if let lf = bytes[searchEnd...].firstIndex(of: 10) {
+            start = lf + 1
+            discardingLongLine = false
+            return .tooLong
+        }
+        // Otherwise drop what we have and keep dropping until the next LF.
+        discardingLongLine = true
+        start = bytes.count
+        compactIfUseful()
+        return .needMore
     }
 
     private mutating func compactIfUseful() {
         if start > 0 && (start >= bytes.count || start > 4096) {
             bytes.removeFirst(start)
+            scanned = max(0, scanned - start)
             start = 0
         }
     }

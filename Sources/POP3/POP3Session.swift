@@ -151,11 +151,10 @@ public struct POP3Session: Sendable {
     // MARK: AUTHORIZATION (§4, §7)
 
     private var capabilities: [String] {
-        var lines = ["+OK Capability list follows", "TOP", "UIDL", "USER", "RESP-CODES", "AUTH-RESP-CODE",
-                     "PIPELINING"]
-        if isTLS || !configuration.tlsAvailable {
-            if isTLS { lines.append("SASL PLAIN") }
-        }
+        var lines = ["+OK Capability list follows", "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        // Passwords travel only under TLS, so USER and SASL PLAIN are offered only then
+        // (RFC 2595 §4: STLS first), as Dovecot does with disable_plaintext_auth.
+        if isTLS { lines += ["USER", "SASL PLAIN"] }
         if configuration.tlsAvailable && !isTLS && phase != .transaction { lines.append("STLS") }
         lines.append("IMPLEMENTATION Apus")
         lines.append(".")

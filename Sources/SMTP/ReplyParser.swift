@@ -15,6 +15,17 @@ public struct ReplyParser: Sendable {
 
     /// Feeds one line (without CRLF). Returns the reply when its last line arrives.
     public mutating func feed(line bytes: [UInt8]) throws(ReplyParseError) -> Reply? {
+        do {
+            return try parse(bytes)
+        } catch {
+            // Start afresh: a reused parser must not carry half a bad reply into the next one.
+            code = nil
+            lines = []
+            throw error
+        }
+    }
+
+    private mutating func parse(_ bytes: [UInt8]) throws(ReplyParseError) -> Reply? {
         let text = String(decoding: bytes, as: UTF8.self)
         guard bytes.count >= 3, bytes[0...2].allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
               let value = Int(text.prefix(3)), value >= 200, value <= 599
