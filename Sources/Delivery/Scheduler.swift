@@ -33,6 +33,10 @@ public actor Scheduler {
     private let random: @Sendable () -> Double
     private var queue: [QueueID: QueuedMessage] = [:]
     private var inFlight: Set<QueueID> = []
+    /// Messages due now, oldest first; `ready[readyHead...]` is the live part.
+    private var ready: [QueueID] = []
+    private var readyHead = 0
+    private var readySet: Set<QueueID> = []
     private var loop: Task<Void, Never>?
 
     public init(settings: Settings, spool: Spool, maildirs: MaildirStore, remote: RemoteDelivery,
@@ -49,11 +53,11 @@ public actor Scheduler {
     /// Starts with what recovery found, and ticks once a second for retries.
     public func start(recovered: [QueuedMessage]) {
         for message in recovered { queue[message.queueID] = message }
-        dispatchDue()
+        promoteDue()
         loop = Task { [weak self] in
             while !Task.isCancelled {
                 try? await Task.sleep(nanoseconds: 1_000_000_000)
-                await self?.dispatchDue()
+                await self?.promoteDue()
             }
         }
     }
@@ -61,22 +65,44 @@ public actor Scheduler {
     /// A freshly accepted message: try it now.
     public func enqueue(_ message: QueuedMessage) {
         queue[message.queueID] = message
-        dispatchDue()
+        markReady(message.queueID)
+        pump()
     }
 
     public var count: Int { queue.count }
 
-    private func dispatchDue() {
+    private func markReady(_ qid: QueueID) {
+        guard !readySet.contains(qid), !inFlight.contains(qid) else { return }
+        readySet.insert(qid)
+        ready.append(qid)
+    }
+
+    /// Once a second: move messages whose next attempt has come to the ready list.
+    private func promoteDue() {
         let now = clock()
-        for (qid, message) in queue where !inFlight.contains(qid) {
-            guard inFlight.count < settings.concurrency else { return }
+        for (qid, message) in queue where !inFlight.contains(qid) && !readySet.contains(qid) {
             let due = message.states.contains { state in
                 if case .pending(_, let next) = state { return next <= now }
                 return false
             }
-            guard due else { continue }
+            if due { markReady(qid) }
+        }
+        pump()
+    }
+
+    /// Starts attempts for ready messages while the concurrency limit allows.
+    private func pump() {
+        while inFlight.count < settings.concurrency && readyHead < ready.count {
+            let qid = ready[readyHead]
+            readyHead += 1
+            readySet.remove(qid)
+            guard let message = queue[qid], !inFlight.contains(qid) else { continue }
             inFlight.insert(qid)
             Task { await self.attempt(message) }
+        }
+        if readyHead > 1024 && readyHead * 2 > ready.count {
+            ready.removeFirst(readyHead)
+            readyHead = 0
         }
     }
 
@@ -161,25 +187,28 @@ public actor Scheduler {
             let reply = outcome.result.reply
             Log.info("\(message.queueID): to=<\(rcpt)>, relay=\(outcome.relay), delay=\(delay), dsn=\(reply.enhanced ?? "\(reply.code / 100).0.0"), status=\(status) (\(reply))")
         }
+        let done = message.states.allSatisfy(\.isFinal)
+        if !failures.isEmpty, case .mailbox(let sender) = message.envelope.sender {
+            // The bounce is durable before the original can disappear.
+            await sendBounce(for: message, to: sender, failures: failures, body: body)
+        }
+        // One group-committed journal append per attempt; when the message is finished its
+        // removal record rides along and the file is unlinked only after the sync (recovery
+        // unlinks it if we crash in between).
+        if done { records.append(.removed(message.queueID)) }
         do {
             try await spool.record(records)
         } catch {
             Log.error("\(message.queueID): journal write failed: \(error); will retry")
+            finishAttempt(message)
+            return
         }
-
-        if !failures.isEmpty, case .mailbox(let sender) = message.envelope.sender {
-            await sendBounce(for: message, to: sender, failures: failures, body: body)
-        }
-        if message.states.allSatisfy(\.isFinal) {
-            do {
-                try await spool.remove(message.queueID)
-                Log.info("\(message.queueID): removed")
-            } catch {
-                Log.error("\(message.queueID): cannot remove: \(error)")
-            }
+        if done {
+            spool.unlinkMessage(message.queueID)
+            Log.info("\(message.queueID): removed")
             queue[message.queueID] = nil
             inFlight.remove(message.queueID)
-            dispatchDue()
+            pump()
             return
         }
         finishAttempt(message)
@@ -188,7 +217,7 @@ public actor Scheduler {
     private func finishAttempt(_ message: QueuedMessage) {
         queue[message.queueID] = message
         inFlight.remove(message.queueID)
-        dispatchDue()
+        pump()
     }
 
     private func sendBounce(for message: QueuedMessage, to sender: Mailbox, failures: [FailedRecipient], body: [UInt8]) async {
@@ -203,6 +232,7 @@ public actor Scheduler {
                                                 runBlocking: { work in try await Blocking.run(work) })
             Log.info("\(message.queueID): sender non-delivery notification: \(queueID)")
             queue[queued.queueID] = queued
+            markReady(queued.queueID)
         } catch {
             Log.error("\(message.queueID): cannot queue bounce: \(error)")
         }

@@ -78,6 +78,7 @@ public final class Spool: @unchecked Sendable {
                                           states: Array(repeating: .pending(attempts: 0, nextAttempt: 0),
                                                         count: envelope.recipients.count)))
         }
+        var removed: Set<QueueID> = []
         for record in records {
             switch record {
             case .delivered(let q, let i):
@@ -88,15 +89,15 @@ public final class Spool: @unchecked Sendable {
                 if let m = byID[q], i < messages[m].states.count, !messages[m].states[i].isFinal {
                     messages[m].states[i] = .pending(attempts: n, nextAttempt: t)
                 }
-            case .removed:
-                break
+            case .removed(let q):
+                removed.insert(q)
             }
         }
 
         // Messages that are finished but whose file survived: remove now.
         var remaining: [QueuedMessage] = []
         for message in messages {
-            if message.states.allSatisfy(\.isFinal) {
+            if message.states.allSatisfy(\.isFinal) || removed.contains(message.queueID) {
                 unlink(queueDirectory + "/" + message.queueID.value)
             } else {
                 remaining.append(message)
@@ -185,10 +186,8 @@ public final class Spool: @unchecked Sendable {
         return Array(bytes[offset...])
     }
 
-    /// Every recipient is final: remove the file, then journal the removal.
-    public func remove(_ queueID: QueueID) async throws {
+    /// Unlinks a finished message's file, after its `.removed` record is durable.
+    public func unlinkMessage(_ queueID: QueueID) {
         unlink(queueDirectory + "/" + queueID.value)
-        try await record([.removed(queueID)])
     }
 }
-

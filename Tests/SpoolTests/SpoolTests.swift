@@ -134,10 +134,21 @@ final class SpoolRecoveryTests: TemporaryDirectoryTestCase {
     func testRemovedMessageIsGone() async throws {
         let (spool, _) = try openSpool()
         _ = try await accept(spool, recipients: 1, id: id1)
-        try await spool.record([.delivered(id1, index: 0)])
-        try await spool.remove(id1)
+        try await spool.record([.delivered(id1, index: 0), .removed(id1)])
+        spool.unlinkMessage(id1)
         let (_, recovered) = try openSpool()
         XCTAssertEqual(recovered.count, 0)
+    }
+
+    /// A crash between the journaled removal and the unlink: recovery finishes the removal.
+    func testRemovalRecordWithoutUnlinkIsFinishedAtRecovery() async throws {
+        let (spool, _) = try openSpool()
+        _ = try await accept(spool, recipients: 2, id: id1)
+        try await spool.record([.removed(id1)])
+        XCTAssertTrue(FileIO.exists(spoolDirectory + "/queue/" + id1.value))
+        let (_, recovered) = try openSpool()
+        XCTAssertEqual(recovered.count, 0)
+        XCTAssertFalse(FileIO.exists(spoolDirectory + "/queue/" + id1.value))
     }
 
     func testLeftoverTemporaryFileIsNotAMessage() throws {
