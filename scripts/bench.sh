@@ -17,7 +17,7 @@ TOOLS=$ROOT/.build/postfix-tools
 BIN=$ROOT/.build/release/apusd
 
 if [ ! -x "$TOOLS/usr/sbin/smtp-source" ]; then
-  mkdir -p "$TOOLS" && (cd "$TOOLS" && apt-get download postfix >/dev/null && dpkg -x postfix_*.deb .)
+  mkdir -p "$TOOLS" && (cd "$TOOLS" && apt-get download postfix >/dev/null 2>&1 && dpkg -x postfix_*.deb .)
 fi
 export LD_LIBRARY_PATH=$TOOLS/usr/lib/postfix
 SOURCE=$TOOLS/usr/sbin/smtp-source
@@ -29,8 +29,11 @@ SINK_PORT=$(free_port); SMTP_PORT=$(free_port)
 cleanup() { kill "${APUS_PID:-}" "${SINK_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-"$SINK" -c -m 1000 "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
+SINK_USER=(); [ "$(id -u)" = 0 ] && SINK_USER=(-u nobody)   # smtp-sink refuses to run as root
+"$SINK" -c "${SINK_USER[@]}" -m 1000 "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
 SINK_PID=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null && break; sleep 0.1; done
+kill -0 "$SINK_PID" || { cat "$WORK/sink.out"; exit 1; }
 cat > "$WORK/apus.conf" <<CONF
 hostname = bench.localhost
 local_domains = localhost
@@ -48,7 +51,7 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null &&
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-sink_count() { local t; t=$(tail -c 200 "$WORK/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1); echo "${t#mesg=}"; }
+sink_count() { local t; t=$(tail -c 200 "$WORK/sink.out" | tr '\r' '\n' | grep -o 'mesg=[0-9]*' | tail -1); t=${t#mesg=}; echo "${t:-0}"; }
 
 echo "# $(date -u +%FT%TZ) apusd $(git rev-parse --short HEAD 2>/dev/null) nproc=$(nproc) messages=$MESSAGES size=$SIZE"
 echo "# sessions  run  accepted_msgs_per_s  delivered_all_s  server_cpu_ms_per_msg  peak_rss_mib"
@@ -56,12 +59,12 @@ echo "# sessions  run  accepted_msgs_per_s  delivered_all_s  server_cpu_ms_per_m
 sleep 2
 for S in $SESSIONS; do
   for RUN in $(seq "$RUNS"); do
-    before=$(sink_count); before=${before:-0}
+    before=$(sink_count)
     c0=$(cpu_ticks "$APUS_PID"); t0=$EPOCHREALTIME
     timeout 300 "$SOURCE" -s "$S" -m "$MESSAGES" -l "$SIZE" -f bench@example.com -t 'sink@[127.0.0.1]' "127.0.0.1:$SMTP_PORT"
     t1=$EPOCHREALTIME
     deadline=$((SECONDS + 120))
-    while [ "$(sink_count || echo 0)" -lt $((before + MESSAGES)) ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
+    while [ "$(sink_count)" -lt $((before + MESSAGES)) ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
     t2=$EPOCHREALTIME; c1=$(cpu_ticks "$APUS_PID")
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$APUS_PID/status")
     awk -v s="$S" -v r="$RUN" -v m="$MESSAGES" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v c="$((c1 - c0))" -v hz="$HZ" -v rss="$rss" \

@@ -132,15 +132,16 @@ struct SMTPConnectionHandler {
         let queueID = QueueID.next()
         let arrival = unixMilliseconds()
         let received = receivedHeader(envelope: envelope, queueID: queueID, arrival: arrival)
+        let spooled = received + message
         do {
-            let queued = try await server.spool.accept(envelope: envelope, message: received + message,
+            let queued = try await server.spool.accept(envelope: envelope, message: spooled,
                                                        arrival: arrival, queueID: queueID,
                                                        runBlocking: { work in try await Blocking.run(work) })
             var clientLine = "\(queueID): client=\(client)"
             if let user = envelope.authenticatedUser { clientLine += ", sasl_username=\(user)" }
             Log.info(clientLine)
             Log.info("\(queueID): from=<\(envelope.sender)>, size=\(queued.size), nrcpt=\(envelope.recipients.count)")
-            await server.scheduler.enqueue(queued)
+            await server.scheduler.enqueue(queued, body: spooled)
             return session.committed(queueID: queueID.value)
         } catch {
             Log.error("\(client): cannot queue message: \(error)")

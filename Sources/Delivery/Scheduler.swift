@@ -37,6 +37,8 @@ public actor Scheduler {
     private var ready: [QueueID] = []
     private var readyHead = 0
     private var readySet: Set<QueueID> = []
+    /// Bodies of freshly accepted messages, kept for their first attempt so it needs no disk read.
+    private var freshBodies: [QueueID: [UInt8]] = [:]
     private var loop: Task<Void, Never>?
 
     public init(settings: Settings, spool: Spool, maildirs: MaildirStore, remote: RemoteDelivery,
@@ -62,9 +64,10 @@ public actor Scheduler {
         }
     }
 
-    /// A freshly accepted message: try it now.
-    public func enqueue(_ message: QueuedMessage) {
+    /// A freshly accepted message: try it now. `body` is the message as spooled, if at hand.
+    public func enqueue(_ message: QueuedMessage, body: [UInt8]? = nil) {
         queue[message.queueID] = message
+        if let body { freshBodies[message.queueID] = body }
         markReady(message.queueID)
         pump()
     }
@@ -112,7 +115,12 @@ public actor Scheduler {
         let queueID = original.queueID
         let body: [UInt8]
         do {
-            body = try await Blocking.run { [spool] in try spool.readMessage(queueID) }
+            let fresh = freshBodies.removeValue(forKey: queueID)
+            if let fresh {
+                body = fresh
+            } else {
+                body = try await Blocking.run { [spool] in try spool.readMessage(queueID) }
+            }
         } catch {
             Log.error("\(message.queueID): cannot read queue file: \(error)")
             finishAttempt(message)

@@ -9,8 +9,7 @@ public enum Base64 {
         return table
     }()
 
-    public static func encode(_ bytes: some Collection<UInt8>) -> String {
-        let input = Array(bytes)
+    public static func encode(_ input: [UInt8]) -> String {
         var out: [UInt8] = []
         out.reserveCapacity((input.count + 2) / 3 * 4)
         var i = 0
@@ -31,8 +30,7 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
-    public static func decode(_ text: some Collection<UInt8>) -> [UInt8]? {
-        let input = Array(text)
+    public static func decode(_ input: [UInt8]) -> [UInt8]? {
         guard input.count % 4 == 0 else { return nil }
         var out: [UInt8] = []
         out.reserveCapacity(input.count / 4 * 3)

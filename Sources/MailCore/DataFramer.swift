@@ -94,23 +94,25 @@ public struct DataFramer: Sendable {
 /// CRLF (a bare LF or CR becomes CRLF, so no next hop can be confused about where lines and the
 /// message end), and append the terminator.
 public enum DotStuffing {
-    public static func encode(_ message: some Collection<UInt8>) -> [UInt8] {
+    public static func encode(_ message: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(message.count + message.count / 64 + 8)
         var atLineStart = true
         var previousCR = false
-        for b in message {
-            if previousCR {
-                previousCR = false
-                if b == 10 { out.append(10); atLineStart = true; continue }
-                out.append(10)
-                atLineStart = true
+        message.withUnsafeBufferPointer { input in
+            for b in input {
+                if previousCR {
+                    previousCR = false
+                    out.append(10)
+                    atLineStart = true
+                    if b == 10 { continue }
+                }
+                if b == 13 { out.append(13); previousCR = true; continue }
+                if b == 10 { out.append(13); out.append(10); atLineStart = true; continue }
+                if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
+                atLineStart = false
+                out.append(b)
             }
-            if b == 13 { out.append(13); previousCR = true; continue }
-            if b == 10 { out.append(13); out.append(10); atLineStart = true; continue }
-            if atLineStart && b == UInt8(ascii: ".") { out.append(UInt8(ascii: ".")) }
-            atLineStart = false
-            out.append(b)
         }
         if previousCR { out.append(10); atLineStart = true }
         if !atLineStart { out.append(13); out.append(10) }

@@ -22,7 +22,17 @@ public struct LineBuffer: Sendable {
     public var isEmpty: Bool { start >= bytes.count }
     public var count: Int { bytes.count - start }
 
-    public mutating func append(_ data: some Collection<UInt8>) {
+    public mutating func append(_ data: [UInt8]) {
+        compactIfUseful()
+        bytes.append(contentsOf: data)
+    }
+
+    public mutating func append(_ data: ArraySlice<UInt8>) {
+        compactIfUseful()
+        bytes.append(contentsOf: data)
+    }
+
+    public mutating func append(_ data: UnsafeRawBufferPointer) {
         compactIfUseful()
         bytes.append(contentsOf: data)
     }

@@ -80,19 +80,31 @@ public final class Connection {
     private func readRaw() async throws -> [UInt8] {
         let deadline = monotonicMilliseconds() + Int64(readTimeout) * 1000
         while true {
-            var chunk = [UInt8](repeating: 0, count: 16_384)
-            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n > 0 {
-                chunk.removeLast(chunk.count - n)
-                return chunk
+            let n = readOnce()
+            switch n {
+            case .data(let bytes): return bytes
+            case .endOfFile: throw NetError.closed
+            case .wouldBlock: try await Reactor.shared.wait(fd, for: .read, deadline: deadline)
+            case .failed(let code): throw NetError.system("read", code)
             }
-            if n == 0 { throw NetError.closed }
+        }
+    }
+
+    private enum ReadAttempt {
+        case data([UInt8])
+        case endOfFile
+        case wouldBlock
+        case failed(Int32)
+    }
+
+    /// One read(2) into a stack buffer: an idle connection holds no read buffer at all.
+    private func readOnce() -> ReadAttempt {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16_384) { buffer in
+            let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+            if n > 0 { return .data(Array(UnsafeBufferPointer(rebasing: buffer[0..<n]))) }
+            if n == 0 { return .endOfFile }
             let e = errno
-            if e == EAGAIN || e == EWOULDBLOCK || e == EINTR {
-                try await Reactor.shared.wait(fd, for: .read, deadline: deadline)
-                continue
-            }
-            throw NetError.system("read", e)
+            return e == EAGAIN || e == EWOULDBLOCK || e == EINTR ? .wouldBlock : .failed(e)
         }
     }
 

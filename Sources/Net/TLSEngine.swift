@@ -137,14 +137,14 @@ public final class TLSEngine {
 
     /// Decrypts what can be decrypted into `buffer`. Returns false when the peer closed TLS.
     public func readPlaintext(into buffer: inout [UInt8]) throws -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 16_384)
         while true {
             ERR_clear_error()
-            let n = chunk.withUnsafeMutableBytes { SSL_read(ssl, $0.baseAddress, Int32($0.count)) }
-            if n > 0 {
-                buffer.append(contentsOf: chunk[0..<Int(n)])
-                continue
+            let n = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16_384) { chunk in
+                let n = SSL_read(ssl, chunk.baseAddress, Int32(chunk.count))
+                if n > 0 { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: chunk[0..<Int(n)])) }
+                return n
             }
+            if n > 0 { continue }
             switch SSL_get_error(ssl, n) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return true
             case SSL_ERROR_ZERO_RETURN: return false
