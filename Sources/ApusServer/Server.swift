@@ -12,6 +12,40 @@ import Net
 import SMTP
 import Spool
 
+/// Counts open client connections, overall and per IP address, so one client (or a flood) cannot
+/// take every descriptor and session.
+final class ConnectionLimiter: @unchecked Sendable {  // state guarded by `lock`
+    private let lock = Lock()
+    private var total = 0
+    private var perIP: [String: Int] = [:]
+    let maxTotal: Int
+    let maxPerIP: Int
+
+    init(maxTotal: Int, maxPerIP: Int) {
+        self.maxTotal = maxTotal
+        self.maxPerIP = maxPerIP
+    }
+
+    /// Takes a slot for `ip`, or returns false when a limit is reached.
+    func admit(_ ip: String) -> Bool {
+        lock.withLock {
+            let current = perIP[ip, default: 0]
+            guard total < maxTotal, current < maxPerIP else { return false }
+            total += 1
+            perIP[ip] = current + 1
+            return true
+        }
+    }
+
+    func release(_ ip: String) {
+        lock.withLock {
+            total -= 1
+            let left = perIP[ip, default: 1] - 1
+            perIP[ip] = left > 0 ? left : nil
+        }
+    }
+}
+
 /// What every session needs, shared read-only.
 final class ServerContext: Sendable {
     let config: ApusConfig
@@ -19,8 +53,10 @@ final class ServerContext: Sendable {
     let spool: Spool
     let maildirs: MaildirStore
     let scheduler: Scheduler
+    let limiter: ConnectionLimiter
 
     init(config: ApusConfig, tls: TLSContext?, spool: Spool, maildirs: MaildirStore, scheduler: Scheduler) {
+        limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerIP: config.maxConnectionsPerIP)
         self.config = config
         self.tls = tls
         self.spool = spool
@@ -71,6 +107,23 @@ public enum ApusServer {
         Log.info("ready: \(config.hostname), local domains \(config.localDomains.joined(separator: ", "))")
     }
 
+    /// Over a connection limit: a short, well-formed refusal, then close (RFC 5321 §3.1 allows a
+    /// 421 greeting; RFC 2449 [SYS/TEMP] for POP3). Implicit-TLS ports just close: nothing can be
+    /// said before a handshake we do not want to spend CPU on.
+    private static func refuse(_ connection: Connection, service: ServiceKind) async {
+        Log.warning("[\(connection.peer.ip)]:\(connection.peer.port): too many connections, refusing \(service.rawValue)")
+        switch service {
+        case .smtp, .submission:
+            connection.queue(Reply(421, "4.7.0", "Too many connections, try again later").wireBytes)
+        case .pop3:
+            connection.queue(line: "-ERR [SYS/TEMP] too many connections, try again later")
+        case .submissions, .pop3s:
+            break
+        }
+        try? await connection.flush()
+        connection.close()
+    }
+
     /// SIGTERM and SIGINT are taken synchronously by one thread with sigwait, so no handler runs
     /// inside arbitrary code; threads created afterwards inherit the blocked mask. Stopping at
     /// any instant is safe: what was answered 250 is already durable.
@@ -98,8 +151,14 @@ public enum ApusServer {
         while true {
             do {
                 let (fd, peer) = try await listener.accept()
+                let ip = peer.ip
                 Task {
                     let connection = Connection(fd: fd, peer: peer, readTimeout: timeout)
+                    guard context.limiter.admit(ip) else {
+                        await refuse(connection, service: service)
+                        return
+                    }
+                    defer { context.limiter.release(ip) }
                     switch service {
                     case .smtp, .submission, .submissions:
                         let kind: SMTPService = service == .smtp ? .mx : (service == .submission ? .submission : .submissions)

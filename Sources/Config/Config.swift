@@ -54,6 +54,11 @@ public struct ApusConfig: Sendable {
     public var queueLifetime = 5 * 86_400
     /// Simultaneous outbound deliveries.
     public var deliveryConcurrency = 20
+    /// Client connections open at once, all services together; more wait in the listen backlog
+    /// after a 421 (SMTP) or -ERR (POP3).
+    public var maxConnections = 1000
+    /// Client connections open at once from one IP address (Postfix smtpd_client_connection_count_limit).
+    public var maxConnectionsPerIP = 50
     /// Outbound TLS: none | may | encrypt | verify (RFC 7435 opportunistic by default).
     public var outboundTLS = "may"
     /// An authenticated user may send only as its own address.
@@ -167,6 +172,8 @@ public struct ApusConfig: Sendable {
             case "retry_max": config.retryMax = try duration()
             case "queue_lifetime": config.queueLifetime = try duration()
             case "delivery_concurrency": config.deliveryConcurrency = try integer(min: 1)
+            case "max_connections": config.maxConnections = try integer(min: 1)
+            case "max_connections_per_ip": config.maxConnectionsPerIP = try integer(min: 1)
             case "outbound_tls":
                 guard ["none", "may", "encrypt", "verify"].contains(value) else {
                     throw fail("outbound_tls must be none, may, encrypt or verify")

@@ -80,3 +80,55 @@ class ConfigErrorTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LimitsTest(ApusTestCase):
+    """Limits and timeouts are security features (DESIGN security contract)."""
+
+    def read_reply(self, sock) -> bytes:
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def test_connections_per_ip_are_limited(self):
+        import socket
+        apus = self.start_apus(extra_config={"max_connections_per_ip": "2"})
+        held = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", apus.ports["smtp"]), timeout=TIMEOUT)
+            self.addCleanup(s.close)
+            self.assertTrue(self.read_reply(s).startswith(b"220 "))
+            held.append(s)
+        third = socket.create_connection(("127.0.0.1", apus.ports["smtp"]), timeout=TIMEOUT)
+        self.addCleanup(third.close)
+        # RFC 5321 §3.1: a server may refuse a connection with a 421 greeting.
+        self.assertTrue(self.read_reply(third).startswith(b"421 4.7.0"))
+        held[0].close()
+        # The slot is released when a session ends.
+        import time
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            s = socket.create_connection(("127.0.0.1", apus.ports["smtp"]), timeout=TIMEOUT)
+            self.addCleanup(s.close)
+            reply = self.read_reply(s)
+            if reply.startswith(b"220 ") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertTrue(reply.startswith(b"220 "), reply)
+
+    def test_idle_client_is_disconnected(self):
+        """RFC 5321 §4.5.3.2: the server times out an idle client with 421."""
+        import socket
+        import time
+        apus = self.start_apus(extra_config={"command_timeout": "2s"})
+        s = socket.create_connection(("127.0.0.1", apus.ports["smtp"]), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        self.assertTrue(self.read_reply(s).startswith(b"220 "))
+        started = time.monotonic()
+        self.assertTrue(self.read_reply(s).startswith(b"421 4.4.2"))
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(s.recv(100), b"")
