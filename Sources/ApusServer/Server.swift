@@ -4,6 +4,7 @@
 import Auth
 import Config
 import DNS
+import Dispatch
 import Delivery
 import Glibc
 import MailCore
@@ -49,7 +50,10 @@ final class ConnectionLimiter: @unchecked Sendable {  // state guarded by `lock`
 /// What every session needs, shared read-only.
 final class ServerContext: Sendable {
     let config: ApusConfig
-    let tls: TLSContext?
+    private let tlsContext: Guarded<TLSContext?>
+    /// The server TLS context for new handshakes; replaced on SIGHUP (sessions already running
+    /// keep the one they started with).
+    var tls: TLSContext? { tlsContext.withLock { $0 } }
     let spool: Spool
     let maildirs: MaildirStore
     let scheduler: Scheduler
@@ -57,12 +61,42 @@ final class ServerContext: Sendable {
 
     init(config: ApusConfig, tls: TLSContext?, spool: Spool, maildirs: MaildirStore, scheduler: Scheduler) {
         limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerIP: config.maxConnectionsPerIP)
+        tlsContext = Guarded(tls)
         self.config = config
-        self.tls = tls
         self.spool = spool
         self.maildirs = maildirs
         self.scheduler = scheduler
     }
+
+    /// Reloads the certificate and key from the configured paths (SIGHUP). A bad new pair is
+    /// logged and the old one kept, so a typo never takes TLS down.
+    func reloadTLS() {
+        guard let certificate = config.tlsCertificate, let key = config.tlsKey else { return }
+        do {
+            let fresh = try TLSContext(serverCertificate: certificate, key: key)
+            tlsContext.withLock { $0 = fresh }
+            Log.info("reloaded TLS certificate \(certificate)")
+        } catch {
+            Log.error("TLS reload failed, keeping the old certificate: \(error)")
+        }
+    }
+}
+
+/// What the signal thread does on SIGHUP, set once the server is up.
+struct SignalActions: Sendable {
+    var reload: (@Sendable () -> Void)?
+}
+let signalActions = Guarded(SignalActions())
+/// Dispatch signal sources must stay alive for the life of the process; only `stopOnSignals`
+/// touches this, once, at start-up.
+nonisolated(unsafe) var signalSources: [any DispatchSourceSignal] = []
+
+/// A value behind a lock.
+final class Guarded<Value: Sendable>: @unchecked Sendable {  // `value` guarded by `lock`
+    private let lock = Lock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<T>(_ body: (inout Value) -> T) -> T { lock.withLock { body(&value) } }
 }
 
 public enum ApusServer {
@@ -104,6 +138,7 @@ public enum ApusServer {
         for (listener, service) in listeners {
             Task { await acceptLoop(listener, service: service, context: context) }
         }
+        signalActions.withLock { $0.reload = { context.reloadTLS() } }
         Log.info("ready: \(config.hostname), local domains \(config.localDomains.joined(separator: ", "))")
     }
 
@@ -124,26 +159,29 @@ public enum ApusServer {
         connection.close()
     }
 
-    /// SIGTERM and SIGINT are taken synchronously by one thread with sigwait, so no handler runs
-    /// inside arbitrary code; threads created afterwards inherit the blocked mask. Stopping at
-    /// any instant is safe: what was answered 250 is already durable.
+    /// SIGTERM and SIGINT stop the daemon, SIGHUP reloads the TLS certificate and key. The
+    /// signals are delivered to Dispatch sources (the default action is switched off first), so
+    /// no handler runs inside arbitrary code. Stopping at any instant is safe: what was answered
+    /// 250 is already durable.
     public static func stopOnSignals() {
-        var stopSignals = sigset_t()
-        sigemptyset(&stopSignals)
-        sigaddset(&stopSignals, SIGTERM)
-        sigaddset(&stopSignals, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        var thread = pthread_t()
-        pthread_create(&thread, nil, { _ in
-            var set = sigset_t()
-            sigemptyset(&set)
-            sigaddset(&set, SIGTERM)
-            sigaddset(&set, SIGINT)
-            var received: Int32 = 0
-            sigwait(&set, &received)
-            Log.info("stopping on signal \(received)")
-            exit(0)
-        }, nil)
+        for stop in [SIGTERM, SIGINT] {
+            signal(stop, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: stop, queue: .global())
+            source.setEventHandler {
+                Log.info("stopping on signal \(stop)")
+                exit(0)
+            }
+            source.resume()
+            signalSources.append(source)
+        }
+        signal(SIGHUP, SIG_IGN)
+        let hangup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangup.setEventHandler {
+            let reload = signalActions.withLock { $0.reload }
+            reload?()
+        }
+        hangup.resume()
+        signalSources.append(hangup)
     }
 
     private static func acceptLoop(_ listener: Listener, service: ServiceKind, context: ServerContext) async {

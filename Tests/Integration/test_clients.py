@@ -132,3 +132,33 @@ class LimitsTest(ApusTestCase):
         self.assertTrue(self.read_reply(s).startswith(b"421 4.4.2"))
         self.assertLess(time.monotonic() - started, 10)
         self.assertEqual(s.recv(100), b"")
+
+
+class ReloadTest(ApusTestCase):
+
+    def test_sighup_reloads_certificate(self):
+        """DESIGN: certificate and key are reloaded on SIGHUP; new handshakes use the new one."""
+        import signal
+        import ssl
+        import socket
+        import time
+        apus = self.start_apus()
+
+        def served_certificate() -> bytes:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            with socket.create_connection(("127.0.0.1", apus.ports["pop3s"]), timeout=TIMEOUT) as raw:
+                with ctx.wrap_socket(raw) as tls:
+                    return tls.getpeercert(binary_form=True)
+
+        before = served_certificate()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=reloaded.localhost", "-keyout", str(apus.key), "-out", str(apus.cert)],
+                       check=True, capture_output=True, timeout=TIMEOUT)
+        apus.proc.send_signal(signal.SIGHUP)
+        apus.wait_for_log("reloaded TLS certificate", timeout=TIMEOUT)
+        after = served_certificate()
+        self.assertNotEqual(before, after)
+        self.assertEqual(after, ssl.PEM_cert_to_DER_cert(apus.cert.read_text()))
+        self.assertTrue(apus.running)
