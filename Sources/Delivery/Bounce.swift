@@ -47,8 +47,15 @@ public enum Bounce {
             lines += ["", "Final-Recipient: rfc822; \(failure.recipient)",
                       "Action: failed",
                       "Status: \(failure.reply.enhanced ?? "5.0.0")"]
-            if let mta = failure.remoteMTA { lines.append("Remote-MTA: dns; \(mta)") }
-            lines.append("Diagnostic-Code: smtp; \(failure.reply.code) \(failure.reply.lines.joined(separator: " "))")
+            if let relay = failure.remoteMTA {
+                // RFC 3464 §2.3.5: the remote MTA's name; our log form is "host[ip]:port".
+                let host = relay.split(separator: "[", maxSplits: 1).first.map(String.init) ?? relay
+                lines.append("Remote-MTA: dns; \(host)")
+                lines.append("Diagnostic-Code: smtp; \(failure.reply)")
+            } else {
+                // Not a remote SMTP reply (DNS, local delivery, expiry): Postfix's X-Postfix style.
+                lines.append("Diagnostic-Code: X-Apus; \(failure.reply.lines.joined(separator: " "))")
+            }
         }
         lines += ["", "--\(boundary)", "Content-Type: text/rfc822-headers", ""]
         var out = Array(lines.joined(separator: "\r\n").utf8) + [13, 10]

@@ -174,7 +174,7 @@ public actor Scheduler {
             case .bounced(let reply):
                 message.states[index] = .failed
                 records.append(.failed(message.queueID, index: index))
-                failures.append(FailedRecipient(recipient: rcpt, reply: reply, remoteMTA: outcome.relay == "none" ? nil : outcome.relay))
+                failures.append(FailedRecipient(recipient: rcpt, reply: reply, remoteMTA: ["none", "local"].contains(outcome.relay) ? nil : outcome.relay))
                 status = "bounced"
             case .deferred(let reply):
                 var attempts = 1

@@ -497,10 +497,12 @@ class SMTPSink:
 
     ``temp_fail_rcpts``: the first N RCPT commands (counted over all
     connections) are answered ``451 4.3.0 try later``.
+    ``reject_rcpts``: addresses answered ``550 5.1.1`` at RCPT.
     """
 
     def __init__(self, host: str, port: int, temp_fail_rcpts: int = 0,
-                 name: str = "sink.test"):
+                 name: str = "sink.test", reject_rcpts=()):
+        self.reject_rcpts = {r.lower() for r in reject_rcpts}
         self.host = host
         self.port = port
         self.name = name
@@ -623,7 +625,9 @@ class SMTPSink:
                         with self._cond:
                             self.rcpt_commands += 1
                             fail = self.rcpt_commands <= self.temp_fail_rcpts
-                        if fail:
+                        if m.group(1).decode().lower() in self.reject_rcpts:
+                            reply("550 5.1.1 no such user here")
+                        elif fail:
                             reply("451 4.3.0 try later")
                         else:
                             rcpts.append(m.group(1).decode())

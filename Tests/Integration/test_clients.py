@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import APUSD, Apus  # noqa: E402
+from harness import APUSD, Apus, free_port, maildir_files, wait_for_maildir  # noqa: E402
 from test_end_to_end import DEMO, PASSWORD, TIMEOUT, ApusTestCase, build_message  # noqa: E402
 
 
@@ -168,3 +168,49 @@ class ReloadTest(ApusTestCase):
         self.assertNotEqual(before, after)
         self.assertEqual(after, ssl.PEM_cert_to_DER_cert(apus.cert.read_text()))
         self.assertTrue(apus.running)
+
+
+class BounceTest(ApusTestCase):
+
+    def test_permanent_failures_come_back_as_one_dsn(self):
+        """RFC 3464 / RFC 6522: a 550 at RCPT, an NXDOMAIN and a null MX (RFC 7505) each bounce;
+        the sender gets one multipart/report from the null reverse-path; the good recipient
+        is delivered."""
+        import email
+        import time
+        out_port = free_port("127.0.0.5")
+        self.dns.add("example.net", "MX", (10, "mx.example.net"))
+        self.dns.add("mx.example.net", "A", "127.0.0.5")
+        self.dns.add("nullmx.example.org", "MX", (0, "."))
+        sink = self.start_sink("127.0.0.5", out_port, reject_rcpts=["nobody@example.net"])
+        apus = self.start_apus(outbound_port=out_port)
+        msg = build_message(DEMO, "bob@example.net", "some will bounce")
+        rcpts = ["bob@example.net", "nobody@example.net", "x@nxdomain.example.net", "y@nullmx.example.org"]
+        self.submit(apus, DEMO, rcpts, msg)
+
+        self.assertTrue(sink.wait_for(1, TIMEOUT))
+        files = wait_for_maildir(apus.maildir(DEMO), 1, TIMEOUT)
+        self.assertEqual(len(files), 1, "expected exactly one DSN in the sender's Maildir")
+        raw = files[0].read_bytes()
+        self.assertTrue(raw.startswith(b"Return-Path: <>\r\n"), raw[:80])
+        report = email.message_from_bytes(raw)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        self.assertIn("MAILER-DAEMON@", report["From"])
+        parts = [p.get_content_type() for p in report.walk()]
+        self.assertIn("message/delivery-status", parts)
+        self.assertIn("text/rfc822-headers", parts)
+        text = raw.decode()
+        for rcpt, status in [("nobody@example.net", "5.1.1"), ("x@nxdomain.example.net", "5.1.2"),
+                             ("y@nullmx.example.org", "5.1.10")]:
+            self.assertIn(f"Final-Recipient: rfc822; {rcpt}", text)
+            self.assertIn(f"Status: {status}", text)
+            self.assertTrue(apus.log_lines(f"to=<{rcpt}>", "status=bounced"), rcpt)
+        self.assertNotIn("Final-Recipient: rfc822; bob@example.net", text)
+        # RFC 3464 §2.3.5-2.3.6: the remote MTA by name, and its reply as the diagnostic.
+        self.assertIn("Remote-MTA: dns; mx.example.net\r\n", text)
+        self.assertIn("Diagnostic-Code: smtp; 550 5.1.1 no such user here", text)
+        self.assertIn("Subject: some will bounce", text)  # the returned headers
+        time.sleep(1)
+        self.assertEqual(len(sink.received()), 1)
+        self.assertEqual(len(maildir_files(apus.maildir(DEMO))), 1, "no second DSN")
