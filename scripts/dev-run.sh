@@ -25,7 +25,7 @@ listen = pop3 127.0.0.1:2110
 listen = pop3s 127.0.0.1:2995
 CONF
 
-PASSWORD=$(tr -dc 'a-km-zA-HJ-NP-Z2-9' < /dev/urandom | head -c 20)
+PASSWORD=$(openssl rand -hex 12)
 printf '%s' "$PASSWORD" | .build/debug/apusctl -c "$CONF" user add demo@localhost --password-stdin >/dev/null
 
 cat <<MSG
@@ -40,7 +40,7 @@ cat <<MSG
 
   Fetch it back over POP3S:
 
-    curl --cacert $ROOT/certs/dev-cert.pem -u 'demo@localhost:$PASSWORD' pop3s://localhost:2995/1
+    curl -s --cacert $ROOT/certs/dev-cert.pem -u 'demo@localhost:$PASSWORD' pop3s://localhost:2995/1
 
 MSG
 exec .build/debug/apusd -c "$CONF"
