@@ -90,6 +90,7 @@ struct POP3ConnectionHandler {
             Log.info("\(client): TLS established: \(connection.tlsSummary ?? "")")
             session.tlsEstablished()
         case .checkPassword(let user, let password):
+            if try await refuseThrottledClient() { return true }
             let result: SASLStepResult
             do {
                 let sasl = try conversation()
@@ -101,6 +102,7 @@ struct POP3ConnectionHandler {
             logAuth(result, method: "USER")
             return try await perform(session.saslStep(result))
         case .saslStart(let mechanism, let initial):
+            if try await refuseThrottledClient() { return true }
             let result: SASLStepResult
             do {
                 let sasl = try conversation()
@@ -153,6 +155,16 @@ struct POP3ConnectionHandler {
         return false
     }
 
+    /// Password guessing from this address has hit the limit: answer without checking, hang up.
+    private func refuseThrottledClient() async throws -> Bool {
+        guard server.authThrottle.isBlocked(connection.peer.ip) else { return false }
+        Log.warning("\(client): too many failed logins from this address; login refused")
+        connection.queue(line: "-ERR [SYS/TEMP] too many failed logins, try later")
+        try await connection.flush()
+        await connection.shutdown()
+        return true
+    }
+
     private mutating func openMaildrop(_ user: String) async -> [MaildropEntry]? {
         guard let owner = Mailbox(parsing: user) else { return nil }
         let maildirs = server.maildirs
@@ -172,6 +184,7 @@ struct POP3ConnectionHandler {
     }
 
     private func logAuth(_ result: SASLStepResult, method: String) {
+        if result == .failure { server.authThrottle.recordFailure(connection.peer.ip) }
         switch result {
         case .success(let user): Log.info("\(client): pop3 login user=\(user) method=\(method)")
         case .failure: Log.warning("\(client): pop3 authentication failed (\(method))")

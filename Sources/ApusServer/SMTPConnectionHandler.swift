@@ -88,6 +88,13 @@ struct SMTPConnectionHandler {
                 Log.info("\(client): TLS established: \(connection.tlsSummary ?? "")")
                 session.tlsEstablished()
             case .authStart(let mechanism, let initial):
+                if server.authThrottle.isBlocked(connection.peer.ip) {
+                    Log.warning("\(client): too many failed logins from this address; AUTH refused")
+                    connection.queue(Reply(421, "4.7.0", "\(server.config.hostname) Too many failed authentications, try later").wireBytes)
+                    try await connection.flush()
+                    await connection.shutdown()
+                    return true
+                }
                 let result: SASLStepResult
                 do {
                     if sasl == nil {
@@ -120,6 +127,7 @@ struct SMTPConnectionHandler {
     }
 
     private func logAuth(_ result: SASLStepResult, mechanism: String) {
+        if result == .failure { server.authThrottle.recordFailure(connection.peer.ip) }
         switch result {
         case .success(let user): Log.info("\(client): sasl_method=\(mechanism.isEmpty ? "-" : mechanism), sasl_username=\(user)")
         case .failure: Log.warning("\(client): SASL \(mechanism) authentication failed")

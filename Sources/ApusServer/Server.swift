@@ -47,6 +47,40 @@ final class ConnectionLimiter: @unchecked Sendable {  // state guarded by `lock`
     }
 }
 
+/// Failed logins per client IP, shared by SMTP AUTH and POP3, over a sliding window: password
+/// guessing from one address is cut off after a few tries, whichever protocol it uses.
+final class AuthThrottle: @unchecked Sendable {  // state guarded by `lock`
+    private let lock = Lock()
+    private var failures: [String: [Int64]] = [:]
+    let limit: Int
+    let windowMilliseconds: Int64
+
+    init(limit: Int, windowSeconds: Int) {
+        self.limit = limit
+        windowMilliseconds = Int64(windowSeconds) * 1000
+    }
+
+    func isBlocked(_ ip: String, now: Int64 = monotonicMilliseconds()) -> Bool {
+        lock.withLock {
+            let recent = (failures[ip] ?? []).filter { now - $0 < windowMilliseconds }
+            failures[ip] = recent.isEmpty ? nil : recent
+            return recent.count >= limit
+        }
+    }
+
+    func recordFailure(_ ip: String, now: Int64 = monotonicMilliseconds()) {
+        lock.withLock {
+            var recent = (failures[ip] ?? []).filter { now - $0 < windowMilliseconds }
+            recent.append(now)
+            failures[ip] = Array(recent.suffix(limit))
+            // Bound the table: forget the stalest addresses if a botnet fills it.
+            if failures.count > 100_000 {
+                for (key, times) in failures where (times.last ?? 0) < now - windowMilliseconds { failures[key] = nil }
+            }
+        }
+    }
+}
+
 /// What every session needs, shared read-only.
 final class ServerContext: Sendable {
     let config: ApusConfig
@@ -58,10 +92,12 @@ final class ServerContext: Sendable {
     let maildirs: MaildirStore
     let scheduler: Scheduler
     let limiter: ConnectionLimiter
+    let authThrottle: AuthThrottle
 
     init(config: ApusConfig, tls: TLSContext?, spool: Spool, maildirs: MaildirStore, scheduler: Scheduler) {
         limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerIP: config.maxConnectionsPerIP)
         tlsContext = Guarded(tls)
+        authThrottle = AuthThrottle(limit: config.authFailuresPerIP, windowSeconds: config.authFailureWindow)
         self.config = config
         self.spool = spool
         self.maildirs = maildirs

@@ -59,6 +59,11 @@ public struct ApusConfig: Sendable {
     public var maxConnections = 1000
     /// Client connections open at once from one IP address (Postfix smtpd_client_connection_count_limit).
     public var maxConnectionsPerIP = 50
+    /// Failed logins (SMTP AUTH and POP3 together) one IP address may make within
+    /// `authFailureWindow` before its further attempts are refused unchecked.
+    public var authFailuresPerIP = 10
+    /// Seconds over which failed logins are counted.
+    public var authFailureWindow = 600
     /// Outbound TLS: none | may | encrypt | verify (RFC 7435 opportunistic by default).
     public var outboundTLS = "may"
     /// An authenticated user may send only as its own address.
@@ -174,6 +179,8 @@ public struct ApusConfig: Sendable {
             case "delivery_concurrency": config.deliveryConcurrency = try integer(min: 1)
             case "max_connections": config.maxConnections = try integer(min: 1)
             case "max_connections_per_ip": config.maxConnectionsPerIP = try integer(min: 1)
+            case "auth_failures_per_ip": config.authFailuresPerIP = try integer(min: 1)
+            case "auth_failure_window": config.authFailureWindow = try duration()
             case "outbound_tls":
                 guard ["none", "may", "encrypt", "verify"].contains(value) else {
                     throw fail("outbound_tls must be none, may, encrypt or verify")

@@ -214,3 +214,30 @@ class BounceTest(ApusTestCase):
         time.sleep(1)
         self.assertEqual(len(sink.received()), 1)
         self.assertEqual(len(maildir_files(apus.maildir(DEMO))), 1, "no second DSN")
+
+
+class AuthThrottleTest(ApusTestCase):
+
+    def test_failed_logins_are_counted_per_ip_across_smtp_and_pop3(self):
+        """Password guessing: after auth_failures_per_ip failures from one address, further
+        logins (even correct ones, on either protocol) are refused unchecked."""
+        import poplib
+        import smtplib
+        from harness import insecure_tls_context
+        apus = self.start_apus(extra_config={"auth_failures_per_ip": "3"})
+        import base64
+        wrong = base64.b64encode(f"\0{DEMO}\0wrong-password".encode()).decode()
+        for _ in range(3):  # one failure per connection, so the per-session limit is not what stops us
+            conn = self.smtp_starttls(apus.ports["submission"])
+            self.assertEqual(conn.docmd("AUTH", "PLAIN " + wrong)[0], 535)
+            conn.close()
+        pop = poplib.POP3_SSL("127.0.0.1", apus.ports["pop3s"], context=insecure_tls_context(), timeout=TIMEOUT)
+        self.addCleanup(pop.close)
+        pop.user(DEMO)
+        with self.assertRaises(poplib.error_proto) as caught:
+            pop.pass_(PASSWORD)
+        self.assertIn(b"[SYS/TEMP]", caught.exception.args[0])
+        conn = self.smtp_starttls(apus.ports["submission"])
+        with self.assertRaises(smtplib.SMTPException):
+            conn.login(DEMO, PASSWORD)
+        self.assertTrue(apus.log_lines("too many failed logins"))
