@@ -74,33 +74,65 @@ public struct RemoteDelivery: Sendable {
             }
             for address in addresses {
                 let relay = "\(host)[\(address)]:\(port)"
-                let fd: Int32
-                do {
-                    (fd, _) = try await connectTCP(ip: address, port: port, timeoutSeconds: connectTimeout)
-                } catch {
-                    lastFailure = Reply(451, "4.4.1", "connect to \(relay): \(error)")
+                // Opportunistic TLS (RFC 7435) must not make mail undeliverable: when the
+                // handshake itself fails under `may`, try the same host once more in plaintext,
+                // as Postfix does.
+                var policy = tlsPolicy
+                while true {
+                    let attempt = await attempt(address: address, host: host, relay: relay, policy: policy,
+                                                sender: sender, recipients: recipients, message: message)
+                    switch attempt {
+                    case .settled(let results):
+                        return results.map { AttemptOutcome(result: $0, relay: relay) }
+                    case .tlsHandshakeFailed(let why) where policy == .may:
+                        Log.warning("\(relay): TLS handshake failed (\(why)); retrying without TLS")
+                        policy = .none
+                        continue
+                    case .tlsHandshakeFailed(let why):
+                        lastFailure = Reply(451, "4.7.5", "TLS handshake with \(relay) failed: \(why)")
+                    case .hostFailed(let reply):
+                        lastFailure = reply
+                    }
                     lastRelay = relay
-                    continue
+                    break
                 }
-                let connection = Connection(fd: fd, peer: SocketAddress(ip: address, port: port)!, readTimeout: commandTimeout)
-                var session = SMTPClientSession(heloName: heloName, sender: sender, recipients: recipients,
-                                                messageSize: message.count, tlsPolicy: tlsPolicy)
-                let (results, hostFailed) = await run(&session, on: connection, host: host, message: message)
-                await connection.shutdown()
-                if hostFailed {
-                    lastFailure = results.first?.reply ?? lastFailure
-                    lastRelay = relay
-                    continue
-                }
-                return results.map { AttemptOutcome(result: $0, relay: relay) }
             }
         }
         return all(.deferred(lastFailure), relay: lastRelay)
     }
 
+    private enum HostAttempt {
+        /// Every recipient has a result from this host (delivered, bounced or deferred by it).
+        case settled([RecipientResult])
+        /// The host could not take the message (connection, greeting, EHLO): try the next one.
+        case hostFailed(Reply)
+        case tlsHandshakeFailed(String)
+    }
+
+    /// One connection to one address of an MX host, one SMTP dialogue.
+    private func attempt(address: String, host: String, relay: String, policy: TLSPolicy, sender: ReversePath,
+                         recipients: [Mailbox], message: [UInt8]) async -> HostAttempt {
+        let fd: Int32
+        do {
+            (fd, _) = try await connectTCP(ip: address, port: port, timeoutSeconds: connectTimeout)
+        } catch {
+            return .hostFailed(Reply(451, "4.4.1", "connect to \(relay): \(error)"))
+        }
+        let connection = Connection(fd: fd, peer: SocketAddress(ip: address, port: port)!, readTimeout: commandTimeout)
+        var session = SMTPClientSession(heloName: heloName, sender: sender, recipients: recipients,
+                                        messageSize: message.count, tlsPolicy: policy)
+        var tlsFailure: String?
+        let (results, hostFailed) = await run(&session, on: connection, host: host, message: message,
+                                              tlsFailure: &tlsFailure)
+        await connection.shutdown()
+        if let tlsFailure { return .tlsHandshakeFailed(tlsFailure) }
+        if hostFailed { return .hostFailed(results.first?.reply ?? Reply(451, "4.4.2", "\(relay) failed")) }
+        return .settled(results)
+    }
+
     /// Drives one SMTP client dialogue over a connected socket.
     private func run(_ session: inout SMTPClientSession, on connection: Connection, host: String,
-                     message: [UInt8]) async -> ([RecipientResult], Bool) {
+                     message: [UInt8], tlsFailure: inout String?) async -> ([RecipientResult], Bool) {
         var parser = ReplyParser()
         while true {
             let reply: Reply
@@ -128,7 +160,12 @@ public struct RemoteDelivery: Sendable {
                         connection.queue(line: command)
                         try await connection.flush()
                     case .startTLS:
-                        try await connection.startTLS(context: tlsContext, serverName: host)
+                        do {
+                            try await connection.startTLS(context: tlsContext, serverName: host)
+                        } catch {
+                            tlsFailure = "\(error)"
+                            throw error
+                        }
                         action = session.tlsEstablished()
                         continue
                     case .sendMessage:

@@ -498,11 +498,14 @@ class SMTPSink:
     ``temp_fail_rcpts``: the first N RCPT commands (counted over all
     connections) are answered ``451 4.3.0 try later``.
     ``reject_rcpts``: addresses answered ``550 5.1.1`` at RCPT.
+    ``broken_starttls``: advertise STARTTLS, answer 220, then send garbage
+    instead of a TLS handshake and hang up (a misconfigured MX).
     """
 
     def __init__(self, host: str, port: int, temp_fail_rcpts: int = 0,
-                 name: str = "sink.test", reject_rcpts=()):
+                 name: str = "sink.test", reject_rcpts=(), broken_starttls: bool = False):
         self.reject_rcpts = {r.lower() for r in reject_rcpts}
+        self.broken_starttls = broken_starttls
         self.host = host
         self.port = port
         self.name = name
@@ -600,9 +603,17 @@ class SMTPSink:
                 arg = cmdline[len(verb):].strip()
                 if verb == b"EHLO":
                     mail_from, rcpts = None, []
-                    for l in (f"250-{self.name} greets you", "250-PIPELINING",
-                              "250-8BITMIME", "250 SIZE 10240000"):
+                    extensions = [f"250-{self.name} greets you", "250-PIPELINING",
+                                  "250-8BITMIME", "250 SIZE 10240000"]
+                    if self.broken_starttls:
+                        extensions.insert(1, "250-STARTTLS")
+                    for l in extensions:
                         reply(l)
+                elif verb == b"STARTTLS" and self.broken_starttls:
+                    reply("220 2.0.0 go ahead")
+                    wfile.write(b"this is not a TLS record\r\n")
+                    self._log("-- sent garbage instead of TLS, closing")
+                    return
                 elif verb == b"HELO":
                     mail_from, rcpts = None, []
                     reply(f"250 {self.name}")
@@ -704,9 +715,9 @@ class Apus:
                  local_domains=("localhost",),
                  roles=ALL_ROLES, outbound_port: int | None = None,
                  retry_first: str = "1s", retry_max: str = "2s",
-                 extra_config: dict | None = None):
+                 extra_config: dict | None = None, host: str = LOOPBACK):
         self.dir = Path(directory)
-        self.host = LOOPBACK
+        self.host = host
         self.spool_directory = self.dir / "spool"
         self.mail_directory = self.dir / "mail"
         self.sasldb_path = self.dir / "sasldb2"

@@ -241,3 +241,44 @@ class AuthThrottleTest(ApusTestCase):
         with self.assertRaises(smtplib.SMTPException):
             conn.login(DEMO, PASSWORD)
         self.assertTrue(apus.log_lines("too many failed logins"))
+
+
+class OutboundTLSTest(ApusTestCase):
+
+    def test_apus_relays_to_apus_over_starttls(self):
+        """RFC 3207 + RFC 7435: outbound STARTTLS is used when the MX offers it. The remote MX
+        here is a second apusd, so both TLS sides and both SMTP sides are Apus's own."""
+        mx = Apus(self.tmp / "mx", dns=self.dns, hostname="mx.example.net", local_domains=("example.net",),
+                  host="127.0.0.6")
+        self.apus_instances.append(mx)
+        mx.add_user("bob@example.net", "bobs-password")
+        self.addCleanup(mx.stop)
+        mx.start()
+        self.dns.add("example.net", "MX", (10, "mx.example.net"))
+        self.dns.add("mx.example.net", "A", "127.0.0.6")
+        apus = self.start_apus(outbound_port=mx.ports["smtp"])
+        msg = build_message(DEMO, "bob@example.net", "apus to apus")
+        self.submit(apus, DEMO, ["bob@example.net"], msg)
+        files = wait_for_maildir(mx.maildir("bob@example.net"), 1, TIMEOUT)
+        self.assertEqual(len(files), 1)
+        got = files[0].read_bytes()
+        self.assert_trace_prefix_then_exact(got, msg, required_fields=("Return-Path", "Received"))
+        self.assertIn(b"with ESMTPS id", got)          # the receiving MX saw TLS
+        self.assertTrue(mx.log_lines("TLS established"))
+        self.assertTrue(apus.log_lines("to=<bob@example.net>", "relay=mx.example.net[127.0.0.6]", "status=sent"))
+
+    def test_broken_starttls_falls_back_to_plaintext(self):
+        """RFC 7435 §3: opportunistic TLS must not make mail undeliverable; after a failed
+        handshake the message goes through in the clear, once."""
+        import time
+        out_port = free_port("127.0.0.7")
+        self.dns.add("example.net", "MX", (10, "mx.example.net"))
+        self.dns.add("mx.example.net", "A", "127.0.0.7")
+        sink = self.start_sink("127.0.0.7", out_port, broken_starttls=True)
+        apus = self.start_apus(outbound_port=out_port)
+        msg = build_message(DEMO, "bob@example.net", "broken tls")
+        self.submit(apus, DEMO, ["bob@example.net"], msg)
+        self.assertTrue(sink.wait_for(1, TIMEOUT), sink.transcript_text())
+        self.assertTrue(apus.log_lines("TLS handshake failed", "retrying without TLS"))
+        time.sleep(1)
+        self.assertEqual(len(sink.received()), 1)
