@@ -20,6 +20,8 @@ public struct RemoteDelivery: Sendable {
     public var tlsPolicy: TLSPolicy
     public var resolver: Resolver
     public var tlsContext: TLSContext
+    /// Idle connections to reuse for the next message to the same host.
+    let connections = ConnectionCache()
     public var connectTimeout = 30
     public var commandTimeout = 300
 
@@ -109,9 +111,32 @@ public struct RemoteDelivery: Sendable {
         case tlsHandshakeFailed(String)
     }
 
-    /// One connection to one address of an MX host, one SMTP dialogue.
+    private struct DialogueResult {
+        var results: [RecipientResult]
+        var hostFailed: Bool
+        var reusable: Bool
+        var tlsFailure: String?
+    }
+
+    /// One SMTP dialogue with one address of an MX host: on a cached connection when one is
+    /// idle, else on a new one.
     private func attempt(address: String, host: String, relay: String, policy: TLSPolicy, sender: ReversePath,
                          recipients: [Mailbox], message: [UInt8]) async -> HostAttempt {
+        let key = "\(address)|\(port)|\(host)|\(policy.rawValue)"
+        func newSession() -> SMTPClientSession {
+            SMTPClientSession(heloName: heloName, sender: sender, recipients: recipients,
+                              messageSize: message.count, tlsPolicy: policy, allowReuse: true)
+        }
+        if let cached = connections.take(key) {
+            var session = newSession()
+            let first = session.resume(on: cached.traits)
+            let outcome = await run(&session, on: cached.connection, host: host, message: message, first: first)
+            if session.receivedReply {
+                return finish(outcome, connection: cached, key: key, relay: relay)
+            }
+            // The server closed the idle connection before we reused it: use a new one.
+            cached.connection.close()
+        }
         let fd: Int32
         do {
             (fd, _) = try await connectTCP(ip: address, port: port, timeoutSeconds: connectTimeout)
@@ -119,46 +144,52 @@ public struct RemoteDelivery: Sendable {
             return .hostFailed(Reply(451, "4.4.1", "connect to \(relay): \(error)"))
         }
         let connection = Connection(fd: fd, peer: SocketAddress(ip: address, port: port)!, readTimeout: commandTimeout)
-        var session = SMTPClientSession(heloName: heloName, sender: sender, recipients: recipients,
-                                        messageSize: message.count, tlsPolicy: policy)
-        var tlsFailure: String?
-        let (results, hostFailed) = await run(&session, on: connection, host: host, message: message,
-                                              tlsFailure: &tlsFailure)
-        await connection.shutdown()
-        if let tlsFailure { return .tlsHandshakeFailed(tlsFailure) }
-        if hostFailed { return .hostFailed(results.first?.reply ?? Reply(451, "4.4.2", "\(relay) failed")) }
-        return .settled(results)
+        var session = newSession()
+        let outcome = await run(&session, on: connection, host: host, message: message, first: nil)
+        let entry = CachedConnection(connection: connection, traits: session.traits, opened: monotonicMilliseconds())
+        return finish(outcome, connection: entry, key: key, relay: relay)
     }
 
-    /// Drives one SMTP client dialogue over a connected socket.
+    private func finish(_ outcome: DialogueResult, connection entry: CachedConnection, key: String,
+                        relay: String) -> HostAttempt {
+        if outcome.reusable && connections.put(entry, for: key) {
+            // parked for the next message to this host
+        } else if outcome.reusable {
+            let connection = entry.connection
+            connection.queue(line: "QUIT")
+            Task { try? await connection.flush(); await connection.shutdown() }
+        } else {
+            entry.connection.close()
+        }
+        if let tlsFailure = outcome.tlsFailure { return .tlsHandshakeFailed(tlsFailure) }
+        if outcome.hostFailed {
+            return .hostFailed(outcome.results.first?.reply ?? Reply(451, "4.4.2", "\(relay) failed"))
+        }
+        return .settled(outcome.results)
+    }
+
+    /// Drives one SMTP client dialogue over a connected socket. `first` is the opening action
+    /// of a resumed (cached) connection; a new connection starts by reading the greeting.
     private func run(_ session: inout SMTPClientSession, on connection: Connection, host: String,
-                     message: [UInt8], tlsFailure: inout String?) async -> ([RecipientResult], Bool) {
+                     message: [UInt8], first: SMTPClientAction?) async -> DialogueResult {
+        var tlsFailure: String?
+        func lost(_ session: inout SMTPClientSession, _ error: any Error) -> DialogueResult {
+            guard case .finished(let results, let hostFailed, _) = session.connectionLost("lost connection with \(host): \(error)")
+            else { return DialogueResult(results: [], hostFailed: true, reusable: false, tlsFailure: tlsFailure) }
+            return DialogueResult(results: results, hostFailed: hostFailed, reusable: false, tlsFailure: tlsFailure)
+        }
         var parser = ReplyParser()
+        var next = first
         while true {
-            let reply: Reply
-            do {
-                guard case .line(let line) = try await connection.readLine(limit: 4096) else {
-                    throw NetError.tls("reply line too long")
-                }
-                do {
-                    guard let complete = try parser.feed(line: line) else { continue }
-                    reply = complete
-                } catch {
-                    throw NetError.tls("malformed reply from \(host)")
-                }
-            } catch {
-                if case .finished(let results, let hostFailed) = session.connectionLost("lost connection with \(host): \(error)") {
-                    return (results, hostFailed)
-                }
-                return ([], true)
-            }
-            var action = session.receive(reply)
-            while true {
+            if let action = next {
+                next = nil
                 do {
                     switch action {
-                    case .send(let command):
-                        connection.queue(line: command)
+                    case .send(let commands):
+                        for command in commands { connection.queue(line: command) }
                         try await connection.flush()
+                    case .awaitReply:
+                        break
                     case .startTLS:
                         do {
                             try await connection.startTLS(context: tlsContext, serverName: host)
@@ -166,21 +197,33 @@ public struct RemoteDelivery: Sendable {
                             tlsFailure = "\(error)"
                             throw error
                         }
-                        action = session.tlsEstablished()
+                        next = session.tlsEstablished()
                         continue
                     case .sendMessage:
                         connection.queue(DotStuffing.encode(message))
                         try await connection.flush()
-                    case .finished(let results, let hostFailed):
-                        return (results, hostFailed)
+                    case .finished(let results, let hostFailed, let reusable):
+                        return DialogueResult(results: results, hostFailed: hostFailed, reusable: reusable,
+                                              tlsFailure: tlsFailure)
                     }
                 } catch {
-                    if case .finished(let results, let hostFailed) = session.connectionLost("lost connection with \(host): \(error)") {
-                        return (results, hostFailed)
-                    }
-                    return ([], true)
+                    return lost(&session, error)
                 }
-                break
+            }
+            do {
+                guard case .line(let line) = try await connection.readLine(limit: 4096) else {
+                    throw NetError.tls("reply line too long")
+                }
+                let reply: Reply?
+                do {
+                    reply = try parser.feed(line: line)
+                } catch {
+                    throw NetError.tls("malformed reply from \(host)")
+                }
+                if let reply { next = session.receive(reply) }
+            } catch {
+                // Includes a server that closes without answering QUIT: results already final stay.
+                return lost(&session, error)
             }
         }
     }
