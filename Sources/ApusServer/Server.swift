@@ -27,11 +27,12 @@ final class ConnectionLimiter: @unchecked Sendable {  // state guarded by `lock`
         self.maxPerIP = maxPerIP
     }
 
-    /// Takes a slot for `ip`, or returns false when a limit is reached.
-    func admit(_ ip: String) -> Bool {
+    /// Takes a slot for `ip`, or returns false when a limit is reached. Trusted networks are
+    /// exempt from the per-IP limit (Postfix: smtpd_client_event_limit_exceptions = $mynetworks).
+    func admit(_ ip: String, trusted: Bool) -> Bool {
         lock.withLock {
             let current = perIP[ip, default: 0]
-            guard total < maxTotal, current < maxPerIP else { return false }
+            guard total < maxTotal, trusted || current < maxPerIP else { return false }
             total += 1
             perIP[ip] = current + 1
             return true
@@ -228,7 +229,8 @@ public enum ApusServer {
                 let ip = peer.ip
                 Task {
                     let connection = Connection(fd: fd, peer: peer, readTimeout: timeout)
-                    guard context.limiter.admit(ip) else {
+                    let trusted = context.config.relayNetworks.contains { $0.contains(ip) }
+                    guard context.limiter.admit(ip, trusted: trusted) else {
                         await refuse(connection, service: service)
                         return
                     }
