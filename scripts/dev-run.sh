@@ -13,6 +13,7 @@ cat > "$CONF" <<CONF
 # Development config written by scripts/dev-run.sh (make run). Loopback only.
 hostname = localhost
 local_domains = localhost
+postmaster = demo@localhost
 spool_directory = $RUN/spool
 mail_directory = $RUN/mail
 sasldb_path = $RUN/sasldb2

@@ -38,7 +38,14 @@ struct POP3ConnectionHandler {
         }
         do {
             if implicitTLS, let tls = server.tls {
-                try await connection.startTLS(context: tls)
+                do {
+                    try await connection.startTLS(context: tls)
+                } catch {
+                    // RFC 8314: nothing goes out in the clear on an implicit-TLS port.
+                    Log.info("\(client): TLS handshake failed: \(error)")
+                    connection.close()
+                    return
+                }
                 Log.info("\(client): TLS established: \(connection.tlsSummary ?? "")")
             }
             if try await perform(session.greet()) { return }
@@ -55,6 +62,7 @@ struct POP3ConnectionHandler {
             }
         } catch NetError.timedOut {
             _ = try? await perform(session.timedOut())
+            Log.info("timeout after \(client)")
         } catch {
             if case NetError.closed = error {} else { Log.info("\(client): \(error)") }
         }

@@ -31,7 +31,11 @@ struct SMTPConnectionHandler {
             authMechanisms: SASL.mechanisms, localDomains: Set(config.localDomains),
             clientMayRelay: config.relayNetworks.contains { $0.contains(ip) },
             enforceSenderOwnership: config.enforceSenderOwnership,
-            verifyLocalRecipient: { maildirs.exists($0) ? .exists : .unknown })
+            verifyLocalRecipient: { [postmaster = config.postmaster] rcpt in
+                if maildirs.exists(rcpt) { return .exists }
+                if rcpt.localPart.lowercased() == "postmaster", let postmaster { return .redirect(postmaster) }
+                return .unknown
+            })
         session = SMTPServerSession(configuration: configuration, clientAddress: ip,
                                     implicitTLS: service == .submissions)
     }
@@ -41,7 +45,14 @@ struct SMTPConnectionHandler {
         defer { Log.info("disconnect from \(client)") }
         do {
             if service == .submissions, let tls = server.tls {
-                try await connection.startTLS(context: tls)
+                do {
+                    try await connection.startTLS(context: tls)
+                } catch {
+                    // RFC 8314: nothing goes out in the clear on an implicit-TLS port.
+                    Log.info("\(client): TLS handshake failed: \(error)")
+                    connection.close()
+                    return
+                }
                 Log.info("\(client): TLS established: \(connection.tlsSummary ?? "")")
                 session.tlsEstablished()
             }

@@ -84,8 +84,8 @@ public final class SASLServerSession: @unchecked Sendable {
         let rc = withCBytes(password) { sasl_checkpass(conn, user, UInt32(user.utf8.count), $0, $1) }
         switch rc {
         case SASL_OK: return .success(user: canonical(user))
-        case SASL_BADAUTH, SASL_NOUSER, SASL_NOVERIFY, SASL_BADPARAM, SASL_NOUSERPASS: return .failure
-        default: return .temporaryFailure
+        case SASL_TRYAGAIN, SASL_UNAVAIL, SASL_NOMEM: return .temporaryFailure
+        default: return .failure
         }
     }
 
@@ -101,11 +101,13 @@ public final class SASLServerSession: @unchecked Sendable {
             guard let out else { return .challenge([]) }
             let bytes = UnsafeRawBufferPointer(start: out, count: Int(length))
             return .challenge(Array(bytes))
-        case SASL_BADAUTH, SASL_NOUSER, SASL_BADPROT, SASL_BADPARAM, SASL_NOVERIFY, SASL_TOOWEAK,
-             SASL_ENCRYPT, SASL_NOMECH, SASL_NOUSERPASS, SASL_DISABLED, SASL_EXPIRED, SASL_NOAUTHZ:
-            return .failure
-        default:
+        case SASL_TRYAGAIN, SASL_UNAVAIL, SASL_NOMEM:
+            // Our side is in trouble (saslauthd down, out of memory): the client may retry.
             return .temporaryFailure
+        default:
+            // Everything else — wrong password, unknown user, malformed or empty names — is the
+            // client's failure, answered 535 and counted against the per-IP login limit.
+            return .failure
         }
     }
 

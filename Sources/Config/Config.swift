@@ -66,6 +66,9 @@ public struct ApusConfig: Sendable {
     public var authFailureWindow = 600
     /// Outbound TLS: none | may | encrypt | verify (RFC 7435 opportunistic by default).
     public var outboundTLS = "may"
+    /// Where mail to postmaster@<local domain> goes when no such mailbox exists (RFC 5321
+    /// §4.5.1 requires accepting it). Unset: postmaster needs a mailbox of its own.
+    public var postmaster: Mailbox?
     /// An authenticated user may send only as its own address.
     public var enforceSenderOwnership = true
     /// Outbound SMTP port. Only tests change it, hence the name.
@@ -187,6 +190,9 @@ public struct ApusConfig: Sendable {
                 }
                 config.outboundTLS = value
             case "enforce_sender_ownership": config.enforceSenderOwnership = try boolean()
+            case "postmaster":
+                guard let mailbox = Mailbox(parsing: value) else { throw fail("postmaster: '\(value)' is not an address") }
+                config.postmaster = mailbox
             case "test_only_outbound_smtp_port":
                 let port = try integer(min: 1)
                 guard port < 65536 else { throw fail("port out of range") }

@@ -3,6 +3,8 @@
 // routes kept, length limits of §4.5.3.1) and lenient where real clients differ harmlessly
 // (a space after "MAIL FROM:", quoted local parts).
 
+import Glibc
+
 public struct Mailbox: Sendable, Hashable, CustomStringConvertible {
     public let localPart: String
     /// The domain, lowercased (domains are case-insensitive; local parts are not, §2.4).
@@ -15,48 +17,74 @@ public struct Mailbox: Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(localPart)@\(domain)" }
 
-    /// Parses "local@domain" (no angle brackets). Returns nil when it is not a valid mailbox.
+    /// Parses "local@domain" (no angle brackets, RFC 5321 §4.1.2 Mailbox). ASCII only: Apus
+    /// does not offer SMTPUTF8 (RFC 6531). Returns nil when it is not a valid mailbox.
     public init?(parsing text: String) {
         let bytes = Array(text.utf8)
-        guard !bytes.isEmpty, bytes.count <= 254 else { return nil }
-        for b in bytes where b < 0x21 || b == 0x7F {
-            // Spaces are allowed only inside a quoted local part.
-            if b == 0x20 && text.first == "\"" { continue }
-            return nil
-        }
-        guard let at = bytes.lastIndex(of: UInt8(ascii: "@")) else { return nil }
-        let local = Array(bytes[..<at])
-        let domain = Array(bytes[(at + 1)...])
-        guard !local.isEmpty, local.count <= 64, Mailbox.isValidDomain(domain) else { return nil }
-        if local.first == UInt8(ascii: "\"") {
-            guard local.count >= 2, local.last == UInt8(ascii: "\"") else { return nil }
+        guard !bytes.isEmpty, bytes.count <= 254, bytes.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else { return nil }
+        let local: ArraySlice<UInt8>
+        var rest: ArraySlice<UInt8>
+        if bytes[0] == UInt8(ascii: "\"") {
+            // Quoted-string: qtext or backslash-escaped pairs up to the closing quote (§4.1.2).
+            var i = 1
+            var closed = false
+            while i < bytes.count {
+                if bytes[i] == UInt8(ascii: "\\") { i += 2; continue }
+                if bytes[i] == UInt8(ascii: "\"") { closed = true; break }
+                i += 1
+            }
+            guard closed, i + 1 < bytes.count, bytes[i + 1] == UInt8(ascii: "@") else { return nil }
+            local = bytes[0...i]
+            rest = bytes[(i + 2)...]
         } else {
-            let specials: Set<UInt8> = Set("()<>[]\\,;:\"@ ".utf8)
-            if local.contains(where: { specials.contains($0) }) { return nil }
-            if local.first == UInt8(ascii: ".") || local.last == UInt8(ascii: ".") { return nil }
+            guard let at = bytes.lastIndex(of: UInt8(ascii: "@")) else { return nil }
+            local = bytes[..<at]
+            rest = bytes[(at + 1)...]
+            guard Mailbox.isDotAtom(local) else { return nil }
         }
+        guard local.count <= 64, local.count >= 1, Mailbox.isValidDomain(rest) else { return nil }
         self.init(localPart: String(decoding: local, as: UTF8.self),
-                  domain: String(decoding: domain, as: UTF8.self))
+                  domain: String(decoding: rest, as: UTF8.self))
     }
 
-    /// A domain name or an address literal such as [127.0.0.1] (§4.1.3).
-    static func isValidDomain(_ d: [UInt8]) -> Bool {
-        guard !d.isEmpty, d.count <= 255 else { return false }
-        if d.first == UInt8(ascii: "[") { return d.last == UInt8(ascii: "]") && d.count > 2 }
-        var labelLength = 0
-        for b in d {
-            if b == UInt8(ascii: ".") {
-                if labelLength == 0 { return false }
-                labelLength = 0
-                continue
-            }
-            let ok = (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
-                || b == UInt8(ascii: "-") || b == UInt8(ascii: "_") || b >= 0x80
-            if !ok { return false }
-            labelLength += 1
-            if labelLength > 63 { return false }
+    /// Dot-string (§4.1.2): atoms of atext joined by single dots.
+    static func isDotAtom(_ s: ArraySlice<UInt8>) -> Bool {
+        guard let first = s.first, let last = s.last, first != UInt8(ascii: "."), last != UInt8(ascii: ".") else { return false }
+        let specials = Set("()<>[]\\,;:\"@ ".utf8)
+        var previousDot = false
+        for b in s {
+            if specials.contains(b) || b <= 0x20 { return false }
+            let dot = b == UInt8(ascii: ".")
+            if dot && previousDot { return false }
+            previousDot = dot
         }
-        return labelLength > 0 || d.count > 1
+        return true
+    }
+
+    /// A domain name (LDH labels, none starting or ending with '-', no trailing dot) or an
+    /// address literal [IPv4] / [IPv6:…] (§4.1.3).
+    static func isValidDomain(_ d: ArraySlice<UInt8>) -> Bool {
+        guard !d.isEmpty, d.count <= 255 else { return false }
+        if d.first == UInt8(ascii: "[") {
+            guard d.last == UInt8(ascii: "]"), d.count > 2 else { return false }
+            let inner = String(decoding: d.dropFirst().dropLast(), as: UTF8.self)
+            if inner.lowercased().hasPrefix("ipv6:") {
+                var a = in6_addr()
+                return inet_pton(AF_INET6, String(inner.dropFirst(5)), &a) == 1
+            }
+            var a = in_addr()
+            return inet_pton(AF_INET, inner, &a) == 1
+        }
+        for label in d.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false) {
+            guard !label.isEmpty, label.count <= 63,
+                  label.first != UInt8(ascii: "-"), label.last != UInt8(ascii: "-") else { return false }
+            for b in label {
+                let ok = (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A)
+                    || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
+                if !ok { return false }
+            }
+        }
+        return true
     }
 }
 

@@ -22,9 +22,18 @@ public enum Log {
         }
         let stamp = "\(parts.tm_year + 1900)-\(pad(parts.tm_mon + 1))-\(pad(parts.tm_mday))T"
             + "\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
-        // Never let a peer's bytes forge a second log line.
-        let clean = String(decoding: message.utf8.map { $0 == 10 || $0 == 13 ? UInt8(ascii: "?") : $0 }, as: UTF8.self)
-        let line = Array("\(stamp) \(program)[\(getpid())]: \(clean)\n".utf8)
+        // Never let a peer's bytes forge a line or reach a terminal: control bytes become \xHH.
+        var clean: [UInt8] = []
+        clean.reserveCapacity(message.utf8.count)
+        let hex = Array("0123456789abcdef".utf8)
+        for b in message.utf8 {
+            if b < 0x20 || b >= 0x7F {
+                clean += [UInt8(ascii: "\\"), UInt8(ascii: "x"), hex[Int(b >> 4)], hex[Int(b & 15)]]
+            } else {
+                clean.append(b)
+            }
+        }
+        let line = Array("\(stamp) \(program)[\(getpid())]: ".utf8) + clean + [10]
         line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
     }
 }

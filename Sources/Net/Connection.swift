@@ -39,11 +39,12 @@ public final class Connection {
 
     // MARK: reading
 
-    /// Reads whatever the peer sends next into `input` (decrypted if TLS is on).
-    public func fill() async throws {
+    /// Reads whatever the peer sends next into `input` (decrypted if TLS is on), waiting at
+    /// most until `deadline` (monotonic ms).
+    public func fill(deadline: Int64) async throws {
         var plaintext: [UInt8] = []
         while plaintext.isEmpty {
-            let raw = try await readRaw()
+            let raw = try await readRaw(deadline: deadline)
             guard let tls else {
                 input.append(raw)
                 return
@@ -56,35 +57,54 @@ public final class Connection {
         input.append(plaintext)
     }
 
-    /// The next line (CR LF or LF stripped), or `.tooLong`. Never `.needMore`.
+    private var timeoutFromNow: Int64 { monotonicMilliseconds() + Int64(readTimeout) * 1000 }
+
+    /// The next line (CR LF or LF stripped), or `.tooLong`. Never `.needMore`. The whole line
+    /// must arrive within the timeout: a byte now and then does not keep a connection open
+    /// (slowloris).
     public func readLine(limit: Int) async throws -> LineResult {
+        let deadline = timeoutFromNow
         while true {
             let result = input.nextLine(limit: limit)
             if result != .needMore { return result }
-            try await fill()
+            try await fill(deadline: deadline)
         }
     }
 
+    /// Data must keep coming: the timeout restarts only after this many bytes.
+    static let dataProgressBytes = 4096
+
     /// Reads SMTP DATA through `framer` until its terminator; bytes after it stay buffered.
+    /// The timeout restarts each time another `dataProgressBytes` have arrived, so a large
+    /// message on a slow link is fine and a trickle is not.
     public func readData(into framer: inout DataFramer) async throws -> DataFramer.Outcome {
+        var deadline = timeoutFromNow
+        var progressMark = framer.octetsSeen
         while true {
             let pending = input.takeAll()
             if let (outcome, consumed) = framer.feed(pending) {
                 input.append(pending.dropFirst(consumed))
                 return outcome
             }
-            try await fill()
+            if framer.octetsSeen - progressMark >= Connection.dataProgressBytes {
+                progressMark = framer.octetsSeen
+                deadline = timeoutFromNow
+            }
+            try await fill(deadline: deadline)
         }
     }
 
-    private func readRaw() async throws -> [UInt8] {
-        let deadline = monotonicMilliseconds() + Int64(readTimeout) * 1000
+    private func readRaw(deadline: Int64) async throws -> [UInt8] {
         while true {
             let n = readOnce()
             switch n {
             case .data(let bytes): return bytes
             case .endOfFile: throw NetError.closed
-            case .wouldBlock: try await Reactor.shared.wait(fd, for: .read, deadline: deadline)
+            case .wouldBlock:
+                // Checked here too: a peer that sends a byte just before each reactor tick would
+                // otherwise always be woken by data, never by the deadline.
+                if monotonicMilliseconds() >= deadline { throw NetError.timedOut }
+                try await Reactor.shared.wait(fd, for: .read, deadline: deadline)
             case .failed(let code): throw NetError.system("read", code)
             }
         }
@@ -130,10 +150,15 @@ public final class Connection {
 
     private func sendRaw(_ bytes: [UInt8]) async throws {
         var offset = 0
-        let deadline = monotonicMilliseconds() + Int64(readTimeout) * 1000
+        // An inactivity timeout: a slow reader that keeps taking data is not cut off mid-message.
+        var deadline = timeoutFromNow
         while offset < bytes.count {
             let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-            if n > 0 { offset += n; continue }
+            if n > 0 {
+                offset += n
+                deadline = timeoutFromNow
+                continue
+            }
             let e = errno
             if n < 0 && (e == EAGAIN || e == EWOULDBLOCK || e == EINTR) {
                 try await Reactor.shared.wait(fd, for: .write, deadline: deadline)
@@ -151,11 +176,19 @@ public final class Connection {
         try await flush()
         input.discardAll()
         let engine = try TLSEngine(context: context, serverName: serverName)
+        let deadline = timeoutFromNow  // for the whole handshake
         while true {
-            let progress = try engine.handshake()
+            let progress: TLSEngine.Progress
+            do {
+                progress = try engine.handshake()
+            } catch {
+                // Send the fatal alert OpenSSL has written (RFC 8446 §6), then give up.
+                try? await sendRaw(engine.takeOutput())
+                throw error
+            }
             try await sendRaw(engine.takeOutput())
             if progress == .done { break }
-            let raw = try await readRaw()
+            let raw = try await readRaw(deadline: deadline)
             raw.withUnsafeBytes { engine.feed($0) }
         }
         tls = engine

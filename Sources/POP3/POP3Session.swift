@@ -172,7 +172,11 @@ public struct POP3Session: Sendable {
         case "USER":
             // Passwords in the clear only under TLS (RFC 2595 §2, our security contract).
             guard isTLS else { return error("[AUTH] USER/PASS require TLS; use STLS first") }
-            guard !argument.isEmpty else { return error("USER needs a name") }
+            // A mailbox name: printable ASCII without spaces, at most 255 octets. Anything else
+            // could mean one name to Cyrus (which stops at NUL) and another to us.
+            guard !argument.isEmpty, argument.utf8.count <= 255,
+                  argument.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F })
+            else { return error("[AUTH] invalid user name") }
             phase = .authorization(user: argument)
             return .send(["+OK send PASS"])
         case "PASS":

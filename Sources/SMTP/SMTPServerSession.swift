@@ -24,6 +24,8 @@ public enum SMTPService: String, Sendable {
 public enum LocalRecipientVerdict: Sendable {
     case exists
     case unknown
+    /// Deliver to this mailbox instead (e.g. postmaster@ → the administrator, RFC 5321 §4.5.1).
+    case redirect(Mailbox)
 }
 
 public struct SMTPServerConfiguration: Sendable {
@@ -106,6 +108,11 @@ public struct SMTPServerSession: Sendable {
     public private(set) var authenticatedUser: String?
     private var errorCount = 0
     private var authFailures = 0
+    /// NOOP, RSET, VRFY and HELP so far: after `junkCommandLimit` they count as errors, so a
+    /// client cannot keep a session alive for ever with harmless commands (Postfix
+    /// smtpd_junk_command_limit).
+    private var junkCommands = 0
+    public static let junkCommandLimit = 100
     private let clientAddress: String
     private var pendingEnvelope: Envelope?
 
@@ -162,8 +169,8 @@ public struct SMTPServerSession: Sendable {
         case "DATA": return data(argument)
         case "RSET":
             if phase != .needHello { phase = .ready }
-            return [.reply(Reply(250, "2.0.0", "Ok"))]
-        case "NOOP": return [.reply(Reply(250, "2.0.0", "Ok"))]
+            return junk(Reply(250, "2.0.0", "Ok"))
+        case "NOOP": return junk(Reply(250, "2.0.0", "Ok"))
         case "QUIT":
             phase = .closed
             return [.replyAndClose(Reply(221, "2.0.0", "Bye"))]
@@ -171,8 +178,8 @@ public struct SMTPServerSession: Sendable {
         case "AUTH": return auth(argument)
         case "VRFY":
             // RFC 5321 §3.5.3: 252 when we will not verify; address harvesting gets nothing.
-            return [.reply(Reply(252, "2.0.0", "Send some mail, I'll try my best"))]
-        case "HELP": return [.reply(Reply(214, "2.0.0", "See RFC 5321"))]
+            return junk(Reply(252, "2.0.0", "Send some mail, I'll try my best"))
+        case "HELP": return junk(Reply(214, "2.0.0", "See RFC 5321"))
         case "BDAT":
             return fail(Reply(502, "5.5.1", "Error: command not implemented"))
         case "GET", "POST", "CONNECT", "PUT", "HEAD", "USER":
@@ -255,6 +262,11 @@ public struct SMTPServerSession: Sendable {
 
     // MARK: verbs
 
+    private mutating func junk(_ reply: Reply) -> [SMTPServerAction] {
+        junkCommands += 1
+        return junkCommands > SMTPServerSession.junkCommandLimit ? fail(reply) : [.reply(reply)]
+    }
+
     private mutating func fail(_ reply: Reply) -> [SMTPServerAction] {
         errorCount += 1
         if errorCount >= configuration.errorLimit {
@@ -298,6 +310,10 @@ public struct SMTPServerSession: Sendable {
               let parsed = PathArgument.parse(argument.dropFirst(5))
         else { return fail(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")) }
 
+        if parsed.path.utf8.contains(where: { $0 >= 0x80 }) {
+            // RFC 6531 §3.5: without SMTPUTF8, non-ASCII addresses are refused this way.
+            return fail(Reply(553, "5.6.7", "Non-ASCII addresses are not permitted"))
+        }
         let sender: ReversePath
         if parsed.path.isEmpty {
             sender = .null
@@ -349,14 +365,20 @@ public struct SMTPServerSession: Sendable {
         if path.lowercased() == "postmaster", let domain = configuration.localDomains.sorted().first {
             path = "postmaster@\(domain)"
         }
-        guard let mailbox = Mailbox(parsing: path) else {
+        if path.utf8.contains(where: { $0 >= 0x80 }) {
+            return fail(Reply(553, "5.6.7", "Non-ASCII addresses are not permitted"))
+        }
+        guard var mailbox = Mailbox(parsing: path) else {
             return fail(Reply(501, "5.1.3", "Bad recipient address syntax"))
         }
         if recipients.count >= configuration.recipientLimit {
             return [.reply(Reply(452, "4.5.3", "Error: too many recipients"))]
         }
         if configuration.localDomains.contains(mailbox.domain) {
-            if configuration.verifyLocalRecipient(mailbox) == .unknown {
+            switch configuration.verifyLocalRecipient(mailbox) {
+            case .exists: break
+            case .redirect(let target): mailbox = target
+            case .unknown:
                 return fail(Reply(550, "5.1.1", "<\(mailbox)>: Recipient address rejected: User unknown"))
             }
         } else if authenticatedUser == nil && !configuration.clientMayRelay {

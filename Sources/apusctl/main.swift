@@ -59,6 +59,9 @@ func readStdin() -> String {
 
 switch (words.first, words.dropFirst().first) {
 case ("config", "check"):
+    if config.postmaster == nil {
+        print("warning: postmaster is not set; mail to postmaster@<local domain> needs a mailbox of its own (RFC 5321 §4.5.1)")
+    }
     print("\(configPath): ok (\(config.listeners.count) listeners, local domains: \(config.localDomains.joined(separator: ", ")))")
 case ("user", "add") where words.count == 3:
     let password = passwordFromStdin ? readStdin() : UserAdmin.randomPassword()

@@ -140,6 +140,47 @@ class LimitsTest(ApusTestCase):
         self.assertEqual(s.recv(100), b"")
 
 
+class SlowClientTest(ApusTestCase):
+
+    def test_trickling_bytes_does_not_defeat_the_timeout(self):
+        """Slowloris: a byte every half second must not keep a command line open past
+        command_timeout (RFC 5321 §4.5.3.2 bounds the wait for a command)."""
+        import socket
+        import time
+        apus = self.start_apus(extra_config={"command_timeout": "2s"})
+        s = socket.create_connection(("127.0.0.1", apus.ports["smtp"]), timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        self.assertTrue(s.recv(200).startswith(b"220 "))
+        started = time.monotonic()
+        closed = False
+        for _ in range(40):  # at most 20 s
+            try:
+                s.send(b"N")
+            except OSError:
+                closed = True
+                break
+            s.settimeout(0.5)
+            try:
+                data = s.recv(200)
+                if data.startswith(b"421 4.4.2") or data == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+        self.assertTrue(closed, "connection still open after 20 s of trickling")
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_implicit_tls_port_never_answers_in_plaintext(self):
+        """RFC 8314 §3: on 465/995 nothing is sent before TLS; a stalled handshake is just closed."""
+        import socket
+        apus = self.start_apus(extra_config={"command_timeout": "2s"})
+        for role in ("submissions", "pop3s"):
+            s = socket.create_connection(("127.0.0.1", apus.ports[role]), timeout=TIMEOUT)
+            self.addCleanup(s.close)
+            s.send(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello, then silence
+            self.assertEqual(s.recv(200), b"", role)
+
+
 class ReloadTest(ApusTestCase):
 
     def test_sighup_reloads_certificate(self):

@@ -58,10 +58,16 @@ final class SMTPTranscriptMachine: TranscriptMachine {
         let domains = Set(list("local_domains", "localhost"))
         let users = Set(list("users", "demo@localhost").map { $0.lowercased() })
         let hostname = take("hostname") ?? "apus.test"
+        // `postmaster=address`: where postmaster@<local domain> goes when it has no mailbox.
+        let postmaster = take("postmaster").flatMap { Mailbox(parsing: $0) }
         var configuration = SMTPServerConfiguration(
             hostname: hostname, service: service, tlsAvailable: tls, localDomains: domains,
             clientMayRelay: relay,
-            verifyLocalRecipient: { users.contains($0.description.lowercased()) ? .exists : .unknown })
+            verifyLocalRecipient: { rcpt in
+                if users.contains(rcpt.description.lowercased()) { return .exists }
+                if rcpt.localPart.lowercased() == "postmaster", let postmaster { return .redirect(postmaster) }
+                return .unknown
+            })
         if let n = try number("size_limit") { configuration.messageSizeLimit = n }
         if let n = try number("max_rcpt") { configuration.recipientLimit = n }
         if let n = try number("error_limit") { configuration.errorLimit = n }
