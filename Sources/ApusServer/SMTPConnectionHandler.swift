@@ -45,15 +45,7 @@ struct SMTPConnectionHandler {
         defer { Log.info("disconnect from \(client)") }
         do {
             if service == .submissions, let tls = server.tls {
-                do {
-                    try await connection.startTLS(context: tls)
-                } catch {
-                    // RFC 8314: nothing goes out in the clear on an implicit-TLS port.
-                    Log.info("\(client): TLS handshake failed: \(error)")
-                    connection.close()
-                    return
-                }
-                Log.info("\(client): TLS established: \(connection.tlsSummary ?? "")")
+                guard await connection.acceptImplicitTLS(tls, client: client) else { return }
                 session.tlsEstablished()
             }
             if try await perform([session.greet()]) { return }

@@ -82,6 +82,22 @@ final class AuthThrottle: @unchecked Sendable {  // state guarded by `lock`
     }
 }
 
+extension Connection {
+    /// The handshake of an implicit-TLS port (RFC 8314). On failure nothing is said in the
+    /// clear — the connection is just closed — and false is returned.
+    func acceptImplicitTLS(_ context: TLSContext, client: String) async -> Bool {
+        do {
+            try await startTLS(context: context)
+        } catch {
+            Log.info("\(client): TLS handshake failed: \(error)")
+            close()
+            return false
+        }
+        Log.info("\(client): TLS established: \(tlsSummary ?? "")")
+        return true
+    }
+}
+
 /// What every session needs, shared read-only.
 final class ServerContext: Sendable {
     let config: ApusConfig

@@ -168,15 +168,9 @@ final class POP3TranscriptMachine: TranscriptMachine {
 
 final class POP3TranscriptTests: XCTestCase {
     func testEveryTranscriptWholeAndByteByByte() {
-        let files = TranscriptRunner.fixtures("pop3")
-        XCTAssertGreaterThanOrEqual(files.count, 12, "Tests/Fixtures/pop3 is missing transcripts")
-        for file in files {
-            for split in [false, true] {
-                if let failure = TranscriptRunner.run(POP3TranscriptMachine.self, file: file, splitWrites: split) {
-                    XCTFail(failure)
-                }
-            }
-        }
+        let (files, failures) = TranscriptRunner.runFolder(POP3TranscriptMachine.self, "pop3")
+        XCTAssertGreaterThanOrEqual(files, 12, "Tests/Fixtures/pop3 is missing transcripts")
+        for failure in failures { XCTFail(failure) }
     }
 
     // RFC 1939 §5: sizes in LIST/STAT are the message sizes the driver reported; `size(of:)`

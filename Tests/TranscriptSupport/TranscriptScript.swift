@@ -146,6 +146,20 @@ public enum TranscriptRunner {
         return names.filter { $0.hasSuffix(".txt") }.sorted().map { directory.appendingPathComponent($0) }
     }
 
+    /// Runs every transcript of a fixture folder, whole and byte by byte; returns how many files
+    /// there were and every failure.
+    public static func runFolder<M: TranscriptMachine>(_ machine: M.Type, _ folder: String,
+                                                       testFile: String = #filePath) -> (files: Int, failures: [String]) {
+        let files = fixtures(folder, testFile: testFile)
+        var failures: [String] = []
+        for file in files {
+            for split in [false, true] {
+                if let failure = run(machine, file: file, splitWrites: split) { failures.append(failure) }
+            }
+        }
+        return (files.count, failures)
+    }
+
     /// Runs one transcript; returns a failure message naming file and line, or nil.
     public static func run<M: TranscriptMachine>(_: M.Type, file: URL, splitWrites: Bool) -> String? {
         let name = file.deletingLastPathComponent().lastPathComponent + "/" + file.lastPathComponent
