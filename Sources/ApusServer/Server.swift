@@ -156,6 +156,7 @@ public enum ApusServer {
     /// Starts everything and returns once every listener is bound; sessions run in tasks.
     public static func start(configPath: String) async throws {
         let config = try ApusConfig.load(path: configPath)
+        raiseDescriptorLimit(toServe: config.maxConnections)
         try SASL.initialize(sasldbPath: config.sasldbPath)
         var tls: TLSContext?
         if let certificate = config.tlsCertificate, let key = config.tlsKey {
@@ -235,6 +236,20 @@ public enum ApusServer {
         }
         hangup.resume()
         signalSources.append(hangup)
+    }
+
+    /// Every session holds a descriptor: raise the soft limit to the hard one so that
+    /// `max_connections` is reachable, and say so when it is not.
+    private static func raiseDescriptorLimit(toServe connections: Int) {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        if Int(limit.rlim_cur) < connections + 200 {
+            Log.warning("open file limit \(limit.rlim_cur) is below max_connections \(connections) + 200")
+        }
     }
 
     private static func acceptLoop(_ listener: Listener, service: ServiceKind, context: ServerContext) async {
