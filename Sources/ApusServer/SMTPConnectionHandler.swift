@@ -33,6 +33,7 @@ struct SMTPConnectionHandler {
             enforceSenderOwnership: config.enforceSenderOwnership,
             verifyLocalRecipient: { [postmaster = config.postmaster] rcpt in
                 if maildirs.exists(rcpt) { return .exists }
+                if !maildirs.isAvailable { return .unavailable }
                 if rcpt.localPart.lowercased() == "postmaster", let postmaster { return .redirect(postmaster) }
                 return .unknown
             })

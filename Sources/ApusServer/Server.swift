@@ -101,7 +101,7 @@ extension Connection {
 /// What every session needs, shared read-only.
 final class ServerContext: Sendable {
     let config: ApusConfig
-    private let tlsContext: Guarded<TLSContext?>
+    private let tlsContext: LockedValue<TLSContext?>
     /// The server TLS context for new handshakes; replaced on SIGHUP (sessions already running
     /// keep the one they started with).
     var tls: TLSContext? { tlsContext.withLock { $0 } }
@@ -113,7 +113,7 @@ final class ServerContext: Sendable {
 
     init(config: ApusConfig, tls: TLSContext?, spool: Spool, maildirs: MaildirStore, scheduler: Scheduler) {
         limiter = ConnectionLimiter(maxTotal: config.maxConnections, maxPerIP: config.maxConnectionsPerIP)
-        tlsContext = Guarded(tls)
+        tlsContext = LockedValue(tls)
         authThrottle = AuthThrottle(limit: config.authFailuresPerIP, windowSeconds: config.authFailureWindow)
         self.config = config
         self.spool = spool
@@ -139,18 +139,10 @@ final class ServerContext: Sendable {
 struct SignalActions: Sendable {
     var reload: (@Sendable () -> Void)?
 }
-let signalActions = Guarded(SignalActions())
+let signalActions = LockedValue(SignalActions())
 /// Dispatch signal sources must stay alive for the life of the process; only `stopOnSignals`
 /// touches this, once, at start-up.
 nonisolated(unsafe) var signalSources: [any DispatchSourceSignal] = []
-
-/// A value behind a lock.
-final class Guarded<Value: Sendable>: @unchecked Sendable {  // `value` guarded by `lock`
-    private let lock = Lock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<T>(_ body: (inout Value) -> T) -> T { lock.withLock { body(&value) } }
-}
 
 public enum ApusServer {
     /// Starts everything and returns once every listener is bound; sessions run in tasks.
@@ -223,7 +215,9 @@ public enum ApusServer {
             let source = DispatchSource.makeSignalSource(signal: stop, queue: .global())
             source.setEventHandler {
                 Log.info("stopping on signal \(stop)")
-                exit(0)
+                // _exit, not exit: atexit handlers (OpenSSL's) must not run under live threads.
+                // Everything acknowledged is already durable.
+                _exit(0)
             }
             source.resume()
             signalSources.append(source)
@@ -253,7 +247,7 @@ public enum ApusServer {
     }
 
     private static func acceptLoop(_ listener: Listener, service: ServiceKind, context: ServerContext) async {
-        let timeout = context.config.commandTimeout
+        let timeout = service == .pop3 || service == .pop3s ? context.config.pop3Timeout : context.config.commandTimeout
         while true {
             do {
                 let (fd, peer) = try await listener.accept()

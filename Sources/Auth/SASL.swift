@@ -85,7 +85,9 @@ public final class SASLServerSession: @unchecked Sendable {
         switch rc {
         case SASL_OK: return .success(user: canonical(user))
         case SASL_TRYAGAIN, SASL_UNAVAIL, SASL_NOMEM: return .temporaryFailure
-        default: return .failure
+        default:
+            if rc != SASL_BADAUTH && rc != SASL_NOUSER { logUnexpected(rc) }
+            return .failure
         }
     }
 
@@ -106,9 +108,17 @@ public final class SASLServerSession: @unchecked Sendable {
             return .temporaryFailure
         default:
             // Everything else — wrong password, unknown user, malformed or empty names — is the
-            // client's failure, answered 535 and counted against the per-IP login limit.
+            // client's failure, answered 535 and counted against the per-IP login limit. Codes
+            // other than the plain "wrong credentials" ones are logged: a broken sasldb or a
+            // missing mechanism plugin must not hide behind "authentication failed".
+            if rc != SASL_BADAUTH && rc != SASL_NOUSER { logUnexpected(rc) }
             return .failure
         }
+    }
+
+    private func logUnexpected(_ rc: Int32) {
+        let detail = sasl_errdetail(conn).map { String(cString: $0) } ?? String(cString: sasl_errstring(rc, nil, nil))
+        Log.warning("SASL: \(detail) (code \(rc))")
     }
 
     /// The identity we use everywhere (logs, mailbox, sender check): lower-cased, with realm.

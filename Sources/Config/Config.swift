@@ -46,6 +46,8 @@ public struct ApusConfig: Sendable {
     public var recipientLimit = 1000
     /// Seconds the server waits for a client command or data chunk (RFC 5321 §4.5.3.2: 5 min).
     public var commandTimeout = 300
+    /// Seconds a POP3 client may stay idle (RFC 1939 §3: the autologout timer is at least 10 min).
+    public var pop3Timeout = 600
     /// Seconds before the first retry of a temporary failure (Postfix minimal_backoff_time).
     public var retryFirst = 300
     /// Longest wait between retries, seconds (Postfix maximal_backoff_time).
@@ -150,8 +152,8 @@ public struct ApusConfig: Sendable {
             case "dns_servers":
                 config.dnsServers = list()
                 for server in config.dnsServers {
-                    let parts = server.split(separator: "@")
-                    guard parts.count <= 2, NetworkRange.isIPAddress(String(parts[0])),
+                    let parts = server.split(separator: "@", omittingEmptySubsequences: false)
+                    guard parts.count <= 2, !parts[0].isEmpty, NetworkRange.isIPAddress(String(parts[0])),
                           parts.count == 1 || Int(parts[1]).map({ $0 > 0 && $0 < 65536 }) == true
                     else { throw fail("dns_servers: '\(server)' is not ip or ip@port") }
                 }
@@ -176,6 +178,7 @@ public struct ApusConfig: Sendable {
             case "message_size_limit": config.messageSizeLimit = try integer(min: 1024)
             case "recipient_limit": config.recipientLimit = try integer(min: 1)
             case "command_timeout": config.commandTimeout = try duration()
+            case "pop3_timeout": config.pop3Timeout = try duration()
             case "retry_first": config.retryFirst = try duration()
             case "retry_max": config.retryMax = try duration()
             case "queue_lifetime": config.queueLifetime = try duration()
@@ -224,7 +227,8 @@ public func parseDuration(_ text: String) -> Int? {
     let multipliers: [Character: Int] = ["s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800]
     if let multiplier = multipliers[last] {
         guard let n = Int(text.dropLast()), n >= 0 else { return nil }
-        return n * multiplier
+        let (seconds, overflow) = n.multipliedReportingOverflow(by: multiplier)
+        return overflow ? nil : seconds
     }
     guard let n = Int(text), n >= 0 else { return nil }
     return n

@@ -65,7 +65,7 @@ public final class Resolver: @unchecked Sendable {
 
     private func query(_ name: String, type: Int32) async -> Result<Answer, ResolverError> {
         let ctx = UnsafeSendable(context)
-        return await Blocking.run {
+        return await Blocking.dns.run {
             var result: UnsafeMutablePointer<ub_result>?
             let rc = ub_resolve(ctx.value, name, type, 1, &result)
             guard rc == 0, let result else {

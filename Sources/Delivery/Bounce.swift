@@ -11,15 +11,17 @@ public struct FailedRecipient: Sendable {
 }
 
 public enum Bounce {
-    public static func report(hostname: String, queueID: QueueID, arrival: Int64, originalSender: Mailbox,
-                              failures: [FailedRecipient], originalMessage: [UInt8], now: Int64) -> [UInt8] {
+    /// `queueID` is the original message's; `reportID` the report's own (for its Message-ID).
+    public static func report(hostname: String, queueID: QueueID, reportID: QueueID, arrival: Int64,
+                              originalSender: Mailbox, failures: [FailedRecipient], originalMessage: [UInt8],
+                              now: Int64) -> [UInt8] {
         let boundary = "\(queueID).\(now)/\(hostname)"
         var lines: [String] = [
             "From: Mail Delivery System <MAILER-DAEMON@\(hostname)>",
             "To: <\(originalSender)>",
             "Subject: Undelivered Mail Returned to Sender",
             "Date: \(MailDate.format(unixSeconds: now / 1000))",
-            "Message-ID: <\(queueID).bounce@\(hostname)>",
+            "Message-ID: <\(reportID)@\(hostname)>",
             "Auto-Submitted: auto-replied",
             "MIME-Version: 1.0",
             "Content-Type: multipart/report; report-type=delivery-status;",

@@ -2,6 +2,7 @@
 // Return-Path (RFC 5321 §4.4, added by the final delivery) and Delivered-To (loop detection,
 // as Postfix's local(8) adds it).
 
+import Glibc
 import MailCore
 import Mailbox
 import Net
@@ -18,6 +19,9 @@ enum LocalDelivery {
         let name = "\(message.arrival / 1000).Q\(message.queueID)R\(index).\(hostname)"
         do {
             try await Blocking.run {
+                guard maildirs.isAvailable else {
+                    throw IOError(operation: "open", path: maildirs.root, code: ENOENT)
+                }
                 if !maildirs.exists(recipient) {
                     throw IOError(operation: "deliver", path: recipient.description, code: 2)
                 }

@@ -40,7 +40,10 @@ public struct RemoteDelivery: Sendable {
         }
         var hosts: [String] = []
         if domain.hasPrefix("[") && domain.hasSuffix("]") {
-            hosts = [String(domain.dropFirst().dropLast())]  // address literal, RFC 5321 §4.1.3
+            // Address literal, RFC 5321 §4.1.3: [192.0.2.1] or [IPv6:2001:db8::1].
+            var literal = domain.dropFirst().dropLast()
+            if literal.lowercased().hasPrefix("ipv6:") { literal = literal.dropFirst(5) }
+            hosts = [String(literal)]
         } else {
             switch await resolver.lookupMX(domain) {
             case .records(let records):
@@ -202,6 +205,9 @@ public struct RemoteDelivery: Sendable {
                     case .sendMessage:
                         connection.queue(DotStuffing.encode(message))
                         try await connection.flush()
+                        // RFC 5321 §4.5.3.2.6: wait 10 minutes for the reply to the final dot
+                        // (the receiver may be scanning the message); giving up early duplicates.
+                        connection.readTimeout = max(commandTimeout, 600)
                     case .finished(let results, let hostFailed, let reusable):
                         return DialogueResult(results: results, hostFailed: hostFailed, reusable: reusable,
                                               tlsFailure: tlsFailure)
@@ -220,7 +226,10 @@ public struct RemoteDelivery: Sendable {
                 } catch {
                     throw NetError.tls("malformed reply from \(host)")
                 }
-                if let reply { next = session.receive(reply) }
+                if let reply {
+                    connection.readTimeout = commandTimeout
+                    next = session.receive(reply)
+                }
             } catch {
                 // Includes a server that closes without answering QUIT: results already final stay.
                 return lost(&session, error)

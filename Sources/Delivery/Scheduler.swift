@@ -5,6 +5,7 @@
 // Time and randomness are injected (`clock`, `random`), so the retry policy is testable without
 // waiting.
 
+import Glibc
 import MailCore
 import Mailbox
 import Net
@@ -67,7 +68,11 @@ public actor Scheduler {
     /// A freshly accepted message: try it now. `body` is the message as spooled, if at hand.
     public func enqueue(_ message: QueuedMessage, body: [UInt8]? = nil) {
         queue[message.queueID] = message
-        if let body { freshBodies[message.queueID] = body }
+        // Keep the body only if the attempt can start now; a backlog reads bodies from disk, so
+        // memory does not grow with the queue.
+        if let body, inFlight.count < settings.concurrency, readyHead >= ready.count {
+            freshBodies[message.queueID] = body
+        }
         markReady(message.queueID)
         pump()
     }
@@ -121,8 +126,20 @@ public actor Scheduler {
             } else {
                 body = try await Blocking.run { [spool] in try spool.readMessage(queueID) }
             }
+        } catch let error as IOError where error.code == ENOENT {
+            // Removed by hand (there is no `apusctl queue delete` yet): forget it.
+            Log.warning("\(queueID): queue file is gone; dropping the message")
+            queue[queueID] = nil
+            inFlight.remove(queueID)
+            pump()
+            return
         } catch {
-            Log.error("\(message.queueID): cannot read queue file: \(error)")
+            // Unreadable for now: try again later like a temporary failure, not every second.
+            Log.error("\(queueID): cannot read queue file: \(error)")
+            let later = now + settings.retry.first
+            for index in message.states.indices {
+                if case .pending(let n, _) = message.states[index] { message.states[index] = .pending(attempts: n, nextAttempt: later) }
+            }
             finishAttempt(message)
             return
         }
@@ -195,21 +212,42 @@ public actor Scheduler {
             let reply = outcome.result.reply
             Log.info("\(message.queueID): to=<\(rcpt)>, relay=\(outcome.relay), delay=\(delay), dsn=\(reply.enhanced ?? "\(reply.code / 100).0.0"), status=\(status) (\(reply))")
         }
-        let done = message.states.allSatisfy(\.isFinal)
         if !failures.isEmpty, case .mailbox(let sender) = message.envelope.sender {
-            // The bounce is durable before the original can disappear.
-            await sendBounce(for: message, to: sender, failures: failures, body: body)
+            // The bounce is durable before the original's failures are (a crash in between can
+            // send a second bounce, never none).
+            if !(await sendBounce(for: message, to: sender, failures: failures, body: body)) {
+                // Could not queue the report (disk full?): keep those recipients pending and
+                // bounce them on a later attempt instead of failing silently.
+                let retry = finished + settings.retry.first
+                let failedIndexes = Set(failures.compactMap { f in message.envelope.recipients.firstIndex(of: f.recipient) })
+                records = records.map { record in
+                    if case .failed(let q, let i) = record, failedIndexes.contains(i) {
+                        var attempts = 1
+                        if case .pending(let n, _) = original.states[i] { attempts = n + 1 }
+                        message.states[i] = .pending(attempts: attempts, nextAttempt: retry)
+                        return .deferred(q, index: i, nextAttempt: retry, attempts: attempts)
+                    }
+                    return record
+                }
+            }
         }
+        let done = message.states.allSatisfy(\.isFinal)
         // One group-committed journal append per attempt; when the message is finished its
         // removal record rides along and the file is unlinked only after the sync (recovery
         // unlinks it if we crash in between).
         if done { records.append(.removed(message.queueID)) }
-        do {
-            try await spool.record(records)
-        } catch {
-            Log.error("\(message.queueID): journal write failed: \(error); will retry")
-            finishAttempt(message)
-            return
+        // Nothing may be acted on before its record is durable, and nothing can be done without
+        // a journal: retry until the disk takes it (disk full recovers by itself, DESIGN §Spool 5).
+        var backoff: UInt64 = 100_000_000
+        while true {
+            do {
+                try await spool.record(records)
+                break
+            } catch {
+                Log.error("\(message.queueID): journal write failed: \(error); retrying")
+                try? await Task.sleep(nanoseconds: backoff)
+                backoff = min(backoff * 2, 30_000_000_000)
+            }
         }
         if done {
             spool.unlinkMessage(message.queueID)
@@ -228,11 +266,13 @@ public actor Scheduler {
         pump()
     }
 
-    private func sendBounce(for message: QueuedMessage, to sender: Mailbox, failures: [FailedRecipient], body: [UInt8]) async {
+    /// Queues a non-delivery report; false when it could not be made durable.
+    private func sendBounce(for message: QueuedMessage, to sender: Mailbox, failures: [FailedRecipient], body: [UInt8]) async -> Bool {
         let now = clock()
         let queueID = QueueID.next()
-        let report = Bounce.report(hostname: settings.hostname, queueID: message.queueID, arrival: message.arrival,
-                                   originalSender: sender, failures: failures, originalMessage: body, now: now)
+        let report = Bounce.report(hostname: settings.hostname, queueID: message.queueID, reportID: queueID,
+                                   arrival: message.arrival, originalSender: sender, failures: failures,
+                                   originalMessage: body, now: now)
         let envelope = Envelope(sender: .null, recipients: [sender], heloName: settings.hostname,
                                 clientAddress: "127.0.0.1", receivedProtocol: "local")
         do {
@@ -241,8 +281,10 @@ public actor Scheduler {
             Log.info("\(message.queueID): sender non-delivery notification: \(queueID)")
             queue[queued.queueID] = queued
             markReady(queued.queueID)
+            return true
         } catch {
             Log.error("\(message.queueID): cannot queue bounce: \(error)")
+            return false
         }
     }
 }

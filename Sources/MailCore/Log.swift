@@ -39,13 +39,35 @@ public enum Log {
 }
 
 extension QueueID {
-    /// A fresh queue id from the wall clock and the system random generator.
+    /// A fresh queue id from the wall clock and a process-wide sequence number. Never the same
+    /// twice in one process; across restarts the clock has moved on.
     public static func next() -> QueueID {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        let micros = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec / 1000)
-        return make(microseconds: micros, random: UInt64.random(in: 0...0xFFFFF))
+        queueIDState.withLock {
+            var ts = timespec()
+            clock_gettime(CLOCK_REALTIME, &ts)
+            var micros = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec / 1000)
+            if micros < $0.micros { micros = $0.micros }  // the clock stepped back
+            if micros == $0.micros {
+                $0.sequence += 1
+                if $0.sequence > 0xFFF { micros += 1; $0.sequence = 0 }  // 4096 in one µs: borrow the next
+            } else {
+                $0.sequence = 0
+            }
+            $0.micros = micros
+            return make(microseconds: micros, sequence: $0.sequence)
+        }
     }
+}
+
+private struct QueueIDState { var micros: UInt64 = 0; var sequence: UInt64 = 0 }
+private let queueIDState = LockedValue(QueueIDState())
+
+/// A value behind a lock.
+public final class LockedValue<Value>: @unchecked Sendable {  // `value` guarded by `lock`
+    private let lock = Lock()
+    private var value: Value
+    public init(_ value: Value) { self.value = value }
+    public func withLock<T>(_ body: (inout Value) -> T) -> T { lock.withLock { body(&value) } }
 }
 
 /// Milliseconds since the Unix epoch.

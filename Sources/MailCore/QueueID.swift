@@ -1,6 +1,6 @@
-// Queue identifiers: what a mail administrator greps the log for. Sixteen upper-case hex digits,
-// time-ordered (so `ls` shows arrival order) with random low bits so two messages in the same
-// microsecond never collide.
+// Queue identifiers: what a mail administrator greps the log for. Sixteen upper-case hex digits:
+// 52 bits of microseconds since the epoch (good until the year 2112, so `ls` shows arrival order)
+// and a 12-bit sequence number, so messages accepted in the same microsecond never collide.
 
 public struct QueueID: Sendable, Hashable, CustomStringConvertible, Comparable {
     public let value: String
@@ -12,9 +12,9 @@ public struct QueueID: Sendable, Hashable, CustomStringConvertible, Comparable {
         self.value = value
     }
 
-    /// microseconds since the epoch (44 bits) + 20 random bits, as 16 hex digits.
-    public static func make(microseconds: UInt64, random: UInt64) -> QueueID {
-        let n = (microseconds << 20) | (random & 0xFFFFF)
+    /// Microseconds since the epoch (52 bits) + a 12-bit sequence number, as 16 hex digits.
+    public static func make(microseconds: UInt64, sequence: UInt64) -> QueueID {
+        let n = (microseconds & 0xF_FFFF_FFFF_FFFF) << 12 | (sequence & 0xFFF)
         var s = String(n, radix: 16, uppercase: true)
         while s.utf8.count < 16 { s = "0" + s }
         return QueueID(s)!

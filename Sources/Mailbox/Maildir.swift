@@ -34,6 +34,10 @@ public final class MaildirStore: Sendable {
         return "\(root)/\(domain)/\(local)"
     }
 
+    /// The mail directory itself is there (a missing or unmounted store must not look like
+    /// "no such user" and bounce mail).
+    public var isAvailable: Bool { FileIO.isDirectory(root) }
+
     public func exists(_ mailbox: Mailbox) -> Bool {
         guard let path = path(for: mailbox) else { return false }
         return FileIO.isDirectory(path + "/new")

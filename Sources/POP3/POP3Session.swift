@@ -191,7 +191,8 @@ public struct POP3Session: Sendable {
             }
             guard isTLS else { return error("[AUTH] authentication requires TLS; use STLS first") }
             let words = argument.split(separator: " ")
-            let mechanism = words[0].uppercased()
+            guard let first = words.first else { return error("syntax: AUTH mechanism [initial-response]") }
+            let mechanism = first.uppercased()
             guard mechanism == "PLAIN" else { return error("unsupported mechanism") }
             var initial: [UInt8]?
             if words.count > 1 {

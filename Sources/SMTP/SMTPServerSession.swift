@@ -26,6 +26,8 @@ public enum LocalRecipientVerdict: Sendable {
     case unknown
     /// Deliver to this mailbox instead (e.g. postmaster@ → the administrator, RFC 5321 §4.5.1).
     case redirect(Mailbox)
+    /// The mailbox store cannot be checked now (not mounted?): try again later.
+    case unavailable
 }
 
 public struct SMTPServerConfiguration: Sendable {
@@ -227,6 +229,12 @@ public struct SMTPServerSession: Sendable {
         guard phase == .awaitingData, let envelope = pendingEnvelope else { return [] }
         switch outcome {
         case .complete:
+            if SMTPServerSession.receivedHeaders(in: message) >= SMTPServerSession.hopLimit {
+                // RFC 5321 §6.3: a message that has passed this many relays is in a loop.
+                phase = .ready
+                pendingEnvelope = nil
+                return [.reply(Reply(554, "5.4.6", "Error: too many hops (mail loop?)"))]
+            }
             phase = .awaitingCommit
             return [.commit(envelope, message)]
         case .tooLarge:
@@ -238,6 +246,27 @@ public struct SMTPServerSession: Sendable {
             pendingEnvelope = nil
             return [.reply(Reply(550, "5.6.0", "Error: message contains a bare CR or LF; lines must end with CRLF"))]
         }
+    }
+
+    /// Received: headers beyond which a message is taken to be looping (Postfix hopcount_limit).
+    public static let hopLimit = 50
+
+    /// Received: fields in the header section (up to the first empty line).
+    static func receivedHeaders(in message: [UInt8]) -> Int {
+        var count = 0
+        var lineStart = 0
+        let name = Array("received:".utf8)
+        while lineStart < message.count {
+            guard let lf = message[lineStart...].firstIndex(of: 10) else { break }
+            let length = lf - lineStart
+            if length == 0 || (length == 1 && message[lineStart] == 13) { break }  // end of headers
+            if length >= name.count,
+               zip(message[lineStart..<(lineStart + name.count)], name).allSatisfy({ $0 | 0x20 == $1 | 0x20 }) {
+                count += 1
+            }
+            lineStart = lf + 1
+        }
+        return count
     }
 
     public mutating func committed(queueID: String) -> SMTPServerAction {
@@ -378,6 +407,8 @@ public struct SMTPServerSession: Sendable {
             switch configuration.verifyLocalRecipient(mailbox) {
             case .exists: break
             case .redirect(let target): mailbox = target
+            case .unavailable:
+                return [.reply(Reply(451, "4.3.0", "<\(mailbox)>: Temporary lookup failure"))]
             case .unknown:
                 return fail(Reply(550, "5.1.1", "<\(mailbox)>: Recipient address rejected: User unknown"))
             }

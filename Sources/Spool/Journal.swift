@@ -96,6 +96,9 @@ final class GroupCommitter: @unchecked Sendable {
     private let queueDirectory: String
     /// Bytes in the journal file.
     private var journalSize: Int
+    /// The journal's size right after the last rewrite: a queue whose live records alone pass
+    /// the threshold is not rewritten after every batch, only when the journal has doubled.
+    private var sizeAfterCompaction = 0
     /// Rewrite the journal once it grows past this many bytes.
     private let compactionThreshold: Int
     /// The records that describe every live message (what a compacted journal must hold).
@@ -106,6 +109,7 @@ final class GroupCommitter: @unchecked Sendable {
         self.journalFD = journalFD
         self.journalPath = journalPath
         self.journalSize = journalSize
+        sizeAfterCompaction = journalSize
         self.spoolDirectory = spoolDirectory
         self.queueDirectory = queueDirectory
         self.compactionThreshold = compactionThreshold
@@ -155,6 +159,7 @@ final class GroupCommitter: @unchecked Sendable {
         var st = stat()
         fstat(fd, &st)
         journalSize = Int(st.st_size)
+        sizeAfterCompaction = journalSize
     }
 
     private func run() {
@@ -184,7 +189,7 @@ final class GroupCommitter: @unchecked Sendable {
             } catch {
                 failure = error
             }
-            if failure == nil && journalSize > compactionThreshold { compact() }
+            if failure == nil && journalSize > max(compactionThreshold, 2 * sizeAfterCompaction) { compact() }
             for request in batch {
                 if let failure { request.continuation.resume(throwing: failure) } else { request.continuation.resume() }
             }

@@ -43,7 +43,8 @@ enum MessageFile {
         return nil
     }
 
-    static func readHeader(path: String) throws -> (Envelope, Int64, Int) {
+    /// Parse errors are IOError with EINVAL; read errors keep their errno.
+    static func readHeader(path: String) throws(IOError) -> (Envelope, Int64, Int) {
         // Headers are small; read the first 64 KiB at most… recipients can be many, so read all.
         let bytes = try FileIO.readFile(path)
         guard let offset = bodyOffset(bytes) else { throw IOError(operation: "parse", path: path, code: 22) }

@@ -39,9 +39,12 @@ public final class Spool: @unchecked Sendable {
 
     /// Journal size that triggers a rewrite (bytes).
     public static let compactionThreshold = 4 * 1024 * 1024
+    private let compactionThreshold: Int
 
-    public init(directory: String) throws(IOError) {
+    /// `compactionThreshold`: journal bytes that trigger a rewrite (tests make it small).
+    public init(directory: String, compactionThreshold: Int = Spool.compactionThreshold) throws(IOError) {
         self.directory = directory
+        self.compactionThreshold = compactionThreshold
         tmpDirectory = directory + "/tmp"
         queueDirectory = directory + "/queue"
         journalPath = directory + "/journal"
@@ -67,11 +70,19 @@ public final class Spool: @unchecked Sendable {
         for name in try FileIO.list(queueDirectory).sorted() {
             guard let qid = QueueID(name) else { continue }
             let path = queueDirectory + "/" + name
-            guard let (envelope, arrival, bodyOffset) = try? MessageFile.readHeader(path: path) else {
-                // Unreadable header: keep the file aside for the administrator, never deliver half.
+            let header: (Envelope, Int64, Int)
+            do {
+                header = try MessageFile.readHeader(path: path)
+            } catch where error.code == EINVAL {
+                // A header that does not parse: set the file aside for the administrator, never
+                // deliver half a message.
                 _ = Glibc.rename(path, directory + "/corrupt-" + name)
+                Log.error("spool: \(name) has an unreadable header; moved to corrupt-\(name)")
                 continue
             }
+            // Any other error (EACCES, EIO…) propagates: start-up fails loudly rather than
+            // shelving good mail.
+            let (envelope, arrival, bodyOffset) = header
             let size = (FileIO.fileSize(path) ?? bodyOffset) - bodyOffset
             byID[qid] = messages.count
             messages.append(QueuedMessage(queueID: qid, envelope: envelope, arrival: arrival, size: size,
@@ -117,7 +128,9 @@ public final class Spool: @unchecked Sendable {
         try FileIO.syncDirectory(queueDirectory)
 
         // Start from a compact journal: the live records only (this also drops a torn tail).
-        _ = validLength
+        if validLength < journalBytes.count {
+            Log.warning("spool: journal has \(journalBytes.count - validLength) bytes after its last whole record (torn by a crash); ignored")
+        }
         let temporary = journalPath + ".compact"
         try FileIO.writeNewFileSynced(temporary, parts: [JournalRecord.encode(liveRecords())])
         try FileIO.rename(temporary, journalPath)
@@ -127,7 +140,7 @@ public final class Spool: @unchecked Sendable {
         committer = GroupCommitter(journalFD: fd, journalPath: journalPath,
                                    journalSize: FileIO.fileSize(journalPath) ?? 0,
                                    spoolDirectory: directory, queueDirectory: queueDirectory,
-                                   compactionThreshold: Spool.compactionThreshold,
+                                   compactionThreshold: compactionThreshold,
                                    liveRecords: { [unowned self] in self.liveRecords() })
         return remaining
     }
@@ -164,17 +177,23 @@ public final class Spool: @unchecked Sendable {
 
     /// Appends records durably (group-committed).
     public func record(_ records: [JournalRecord]) async throws {
+        // State records go into the live map first (a compaction racing with this batch then
+        // keeps them: harmless). A removal leaves the map only once it is durable: a compaction
+        // in between must still carry the message's earlier records.
         lock.withLock {
             for record in records {
                 switch record {
                 case .delivered(let q, let i), .failed(let q, let i), .deferred(let q, let i, _, _):
                     live[q, default: [:]][i] = record
-                case .removed(let q):
-                    live[q] = nil
+                case .removed:
+                    break
                 }
             }
         }
         try await committer.commit(records: records, syncQueueDirectory: false)
+        lock.withLock {
+            for case .removed(let q) in records { live[q] = nil }
+        }
     }
 
     /// The message body (without Apus's envelope header).

@@ -199,8 +199,20 @@ final class DurationTests: XCTestCase {
     }
 
     func testRejects() {
-        for text in ["", "m", "-1", "-1m", "1.5h", "5 m", "5M", "1y", "h1"] {
+        for text in ["", "m", "-1", "-1m", "1.5h", "5 m", "5M", "1y", "h1", "999999999999999999w"] {
             XCTAssertNil(parseDuration(text), text)
         }
+    }
+}
+
+final class ConfigHostileValueTests: XCTestCase {
+    /// Values that once crashed the parser are now errors with the line number.
+    func testBadDNSServerIsAnErrorNotACrash() {
+        for value in ["@53", "@", "127.0.0.1@", "127.0.0.1@99999", "::1@53@1"] {
+            XCTAssertThrowsError(try ApusConfig.parse("dns_servers = \(value)\n", file: "t.conf"), value) { error in
+                XCTAssertTrue("\(error)".hasPrefix("t.conf:1:"), "\(error)")
+            }
+        }
+        XCTAssertNoThrow(try ApusConfig.parse("dns_servers = 127.0.0.1@5353 ::1\n", file: "t.conf"))
     }
 }

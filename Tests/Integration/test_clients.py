@@ -173,7 +173,7 @@ class SlowClientTest(ApusTestCase):
     def test_implicit_tls_port_never_answers_in_plaintext(self):
         """RFC 8314 §3: on 465/995 nothing is sent before TLS; a stalled handshake is just closed."""
         import socket
-        apus = self.start_apus(extra_config={"command_timeout": "2s"})
+        apus = self.start_apus(extra_config={"command_timeout": "2s", "pop3_timeout": "2s"})
         for role in ("submissions", "pop3s"):
             s = socket.create_connection(("127.0.0.1", apus.ports[role]), timeout=TIMEOUT)
             self.addCleanup(s.close)

@@ -64,9 +64,9 @@ final class CRC32Tests: XCTestCase {
 
 final class QueueIDTests: XCTestCase {
     func testFormatIsSixteenUppercaseHexDigits() {
-        let id = QueueID.make(microseconds: 1, random: 2)
-        XCTAssertEqual(id.value, "0000000000100002")
-        XCTAssertEqual(QueueID.make(microseconds: 0xABC, random: 0xFFFFF).value, "00000000ABCFFFFF")
+        let id = QueueID.make(microseconds: 1, sequence: 2)
+        XCTAssertEqual(id.value, "0000000000001002")
+        XCTAssertEqual(QueueID.make(microseconds: 0xABC, sequence: 0xFFF).value, "0000000000ABCFFF")
         for _ in 0..<20 {
             let next = QueueID.next()
             XCTAssertEqual(next.value.utf8.count, 16)
@@ -74,14 +74,28 @@ final class QueueIDTests: XCTestCase {
         }
     }
 
-    func testRandomPartIsTwentyBits() {
-        XCTAssertEqual(QueueID.make(microseconds: 5, random: 0x1F_FFFF), QueueID.make(microseconds: 5, random: 0xF_FFFF))
+    func testSequencePartIsTwelveBits() {
+        XCTAssertEqual(QueueID.make(microseconds: 5, sequence: 0x1FFF), QueueID.make(microseconds: 5, sequence: 0xFFF))
     }
 
-    // Time-ordered: a later microsecond sorts after, whatever the random bits.
+    /// Thousands of ids in a burst: all distinct and in order (the spool creates files by id).
+    func testNextNeverRepeatsAndIsOrdered() {
+        let ids = (0..<10_000).map { _ in QueueID.next() }
+        XCTAssertEqual(Set(ids).count, ids.count)
+        XCTAssertEqual(ids, ids.sorted())
+    }
+
+    /// Today's time fits: ids do not wrap before the year 2112.
+    func testCurrentTimeDoesNotWrap() {
+        let now = QueueID.make(microseconds: 1_796_300_000_000_000, sequence: 0)
+        let later = QueueID.make(microseconds: 4_000_000_000_000_000, sequence: 0)
+        XCTAssertLessThan(now, later)
+    }
+
+    // Time-ordered: a later microsecond sorts after, whatever the sequence bits.
     func testOrderFollowsTime() {
-        let early = QueueID.make(microseconds: 1_764_769_283_123_456, random: 0xFFFFF)
-        let late = QueueID.make(microseconds: 1_764_769_283_123_457, random: 0)
+        let early = QueueID.make(microseconds: 1_764_769_283_123_456, sequence: 0xFFF)
+        let late = QueueID.make(microseconds: 1_764_769_283_123_457, sequence: 0)
         XCTAssertLessThan(early, late)
         XCTAssertEqual([late, early].sorted(), [early, late])
     }

@@ -95,6 +95,24 @@ final class SMTPServerSessionTests: XCTestCase {
         XCTAssertEqual(e2.sender, .null)
     }
 
+    // RFC 5321 §6.3: a message with too many Received: fields is looping; refuse it with 5.4.6.
+    func testMailLoopIsRefusedByHopCount() {
+        func deliver(receivedFields: Int) -> [SMTPServerAction] {
+            var s = session(service: .mx)
+            _ = s.greet()
+            _ = send(&s, "HELO client.example")
+            _ = send(&s, "MAIL FROM:<a@example.org>")
+            _ = send(&s, "RCPT TO:<demo@localhost>")
+            _ = send(&s, "DATA")
+            var message = String(repeating: "Received: from x by y; Thu, 3 Dec 2026 14:00:00 +0000\r\n", count: receivedFields)
+            message += "Subject: loop\r\n\r\nReceived: in the body does not count\r\n"
+            return s.dataFinished(.complete, message: Array(message.utf8))
+        }
+        guard case .commit? = deliver(receivedFields: SMTPServerSession.hopLimit - 1).first else { return XCTFail() }
+        XCTAssertEqual(deliver(receivedFields: SMTPServerSession.hopLimit),
+                       [.reply(Reply(554, "5.4.6", "Error: too many hops (mail loop?)"))])
+    }
+
     // RFC 3207 §4.2: TLS makes the server forget HELO and AUTH state.
     func testTLSEstablishedForgetsHello() {
         var s = session(service: .mx)

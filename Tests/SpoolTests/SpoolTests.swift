@@ -166,6 +166,37 @@ final class SpoolRecoveryTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(recovered.count, 0)
         XCTAssertTrue(FileIO.exists(spoolDirectory + "/corrupt-" + id1.value))
     }
+
+    /// Compaction (docs/spool.md): with a tiny threshold the journal is rewritten many times while
+    /// states change and messages are removed; the queue read back is exactly the live state, and
+    /// the journal stays small.
+    func testCompactionKeepsExactlyTheLiveState() async throws {
+        let spool = try Spool(directory: spoolDirectory, compactionThreshold: 256)
+        _ = try spool.recover()
+        let ids = (1...6).map { QueueID(String(format: "%016X", $0))! }
+        for id in ids { _ = try await accept(spool, recipients: 3, id: id) }
+        for round in 1...40 {
+            for id in ids { try await spool.record([.deferred(id, index: 2, nextAttempt: Int64(round), attempts: round)]) }
+        }
+        try await spool.record([.delivered(ids[0], index: 0), .failed(ids[0], index: 1)])
+        // ids[1] finishes: its removal is journaled and its file unlinked.
+        try await spool.record([.delivered(ids[1], index: 0), .delivered(ids[1], index: 1),
+                                .delivered(ids[1], index: 2), .removed(ids[1])])
+        spool.unlinkMessage(ids[1])
+        for round in 41...60 {
+            for id in ids.dropFirst(2) { try await spool.record([.deferred(id, index: 2, nextAttempt: Int64(round), attempts: round)]) }
+        }
+        XCTAssertLessThan(FileIO.fileSize(spoolDirectory + "/journal") ?? .max, 4096, "journal was not compacted")
+
+        let (_, recovered) = try openSpool()
+        let byID = Dictionary(uniqueKeysWithValues: recovered.map { ($0.queueID, $0) })
+        XCTAssertNil(byID[ids[1]])
+        XCTAssertEqual(byID[ids[0]]?.states, [.delivered, .failed, .pending(attempts: 40, nextAttempt: 40)])
+        for id in ids.dropFirst(2) {
+            XCTAssertEqual(byID[id]?.states, [.pending(attempts: 0, nextAttempt: 0), .pending(attempts: 0, nextAttempt: 0),
+                                              .pending(attempts: 60, nextAttempt: 60)])
+        }
+    }
 }
 
 final class MessageFileTests: TemporaryDirectoryTestCase {
