@@ -137,7 +137,8 @@ final class GroupCommitter: @unchecked Sendable {
     /// Rewrites the journal with only the live records: new file, fdatasync, rename over the old
     /// one, fsync the directory. A crash at any point leaves either the old or the new journal,
     /// and both describe the same queue.
-    private func compact() {
+    @discardableResult
+    private func compact() -> Bool {
         let temporary = journalPath + ".compact"
         unlink(temporary)
         var fd: Int32 = -1
@@ -151,16 +152,26 @@ final class GroupCommitter: @unchecked Sendable {
         } catch {
             if fd >= 0 { close(fd) }
             unlink(temporary)
-            return  // keep appending to the old journal; try again after the next batch
+            return false  // keep appending to the old journal; try again after the next batch
         }
-        try? FileIO.syncDirectory(spoolDirectory)
+        // Until the rename is durable, a crash could bring the old journal back without what is
+        // appended from now on: the next batches retry this sync before they write.
+        spoolDirectoryUnsynced = (try? FileIO.syncDirectory(spoolDirectory)) == nil
+        journalTorn = false
         close(journalFD)
         journalFD = fd
         var st = stat()
         fstat(fd, &st)
         journalSize = Int(st.st_size)
         sizeAfterCompaction = journalSize
+        return true
     }
+
+    /// A failed append could not be cut back: the file may end in a torn record. Rewrite it
+    /// before anything else is appended (recovery would stop at the torn record).
+    private var journalTorn = false
+    /// The last compaction's rename is not yet known durable.
+    private var spoolDirectoryUnsynced = false
 
     private func run() {
         while true {
@@ -172,6 +183,13 @@ final class GroupCommitter: @unchecked Sendable {
 
             var failure: (any Error)?
             do {
+                if journalTorn && !compact() {
+                    throw IOError(operation: "rewrite", path: journalPath, code: EIO)
+                }
+                if spoolDirectoryUnsynced {
+                    try FileIO.syncDirectory(spoolDirectory)
+                    spoolDirectoryUnsynced = false
+                }
                 if batch.contains(where: \.syncQueueDirectory) { try FileIO.syncDirectory(queueDirectory) }
                 let bytes = JournalRecord.encode(batch.flatMap(\.records))
                 if !bytes.isEmpty {
@@ -182,7 +200,7 @@ final class GroupCommitter: @unchecked Sendable {
                     } catch {
                         // Cut what may have been half-written (disk full), so later records are
                         // not stranded behind a torn one that recovery would stop at.
-                        _ = ftruncate(journalFD, off_t(journalSize))
+                        if ftruncate(journalFD, off_t(journalSize)) != 0 { journalTorn = true }
                         throw error
                     }
                 }
