@@ -715,7 +715,10 @@ class Apus:
                  local_domains=("localhost",),
                  roles=ALL_ROLES, outbound_port: int | None = None,
                  retry_first: str = "1s", retry_max: str = "2s",
-                 extra_config: dict | None = None, host: str = LOOPBACK):
+                 extra_config: dict | None = None, host: str = LOOPBACK,
+                 launcher: list[str] | None = None):
+        # ``launcher``: a command prefix for apusd (e.g. unshare to give it its own mounts).
+        self.launcher = list(launcher or [])
         self.dir = Path(directory)
         self.host = host
         self.spool_directory = self.dir / "spool"
@@ -767,7 +770,7 @@ class Apus:
                       .encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [str(APUSD), "-c", str(self.config_path)],
+                self.launcher + [str(APUSD), "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, start_new_session=True)
         deadline = time.monotonic() + timeout
