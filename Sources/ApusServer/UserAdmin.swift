@@ -7,6 +7,7 @@ import Config
 import Glibc
 import MailCore
 import Mailbox
+import Spool
 
 public enum UserAdmin {
     public enum Failure: Error, CustomStringConvertible {
@@ -42,15 +43,35 @@ public enum UserAdmin {
         try MaildirStore(root: config.mailDirectory).create(mailbox)
     }
 
-    public static func delete(address: String, config: ApusConfig) throws {
+    /// Removes the login and retires the Maildir: it is renamed (not deleted — the mail is
+    /// kept) so the address stops accepting mail. Returns where the mail now is.
+    @discardableResult
+    public static func delete(address: String, config: ApusConfig) throws -> String? {
         let mailbox = try mailbox(address, config)
         let sasl = try setUp(config)
         try sasl.deleteUser(mailbox.description)
+        guard let path = MaildirStore(root: config.mailDirectory).path(for: mailbox), FileIO.isDirectory(path) else {
+            return nil
+        }
+        let retired = path.replacingLastComponent(prefix: ".deleted-", suffix: "-\(time(nil))")
+        guard rename(path, retired) == 0 else {
+            throw Failure.message("login removed, but the Maildir \(path) could not be retired: \(String(cString: strerror(errno)))")
+        }
+        return retired
     }
 
     /// 20 characters from a 56-letter alphabet without look-alikes: about 116 bits.
     public static func randomPassword() -> String {
         let alphabet = Array("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789")
         return String((0..<20).map { _ in alphabet.randomElement()! })
+    }
+}
+
+extension String {
+    /// "a/b/c" → "a/b/<prefix>c<suffix>". A leading dot keeps the result from ever being taken
+    /// for a mailbox (mailbox names cannot start with a dot).
+    func replacingLastComponent(prefix: String, suffix: String) -> String {
+        guard let slash = lastIndex(of: "/") else { return prefix + self + suffix }
+        return String(self[...slash]) + prefix + String(self[index(after: slash)...]) + suffix
     }
 }

@@ -72,8 +72,12 @@ case ("user", "add") where words.count == 3:
     }
     if passwordFromStdin { print("user \(words[2].lowercased()) ready") } else { print("user \(words[2].lowercased()) password: \(password)") }
 case ("user", "del") where words.count == 3:
-    do { try UserAdmin.delete(address: words[2], config: config) } catch { fail("\(error)") }
-    print("user \(words[2].lowercased()) removed (the Maildir is kept)")
+    do {
+        let kept = try UserAdmin.delete(address: words[2], config: config)
+        print("user \(words[2].lowercased()) removed" + (kept.map { "; its mail is kept in \($0)" } ?? ""))
+    } catch {
+        fail("\(error)")
+    }
 default:
     fail(usage, code: 2)
 }

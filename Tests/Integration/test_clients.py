@@ -323,3 +323,24 @@ class OutboundTLSTest(ApusTestCase):
         self.assertTrue(apus.log_lines("TLS handshake failed", "retrying without TLS"))
         time.sleep(1)
         self.assertEqual(len(sink.received()), 1)
+
+
+class UserAdminTest(ApusTestCase):
+
+    def test_deleted_user_no_longer_receives_mail_but_its_mail_is_kept(self):
+        import smtplib
+        from harness import APUSCTL
+        apus = self.start_apus()
+        apus.add_user("zed@localhost", "zeds-password")
+        msg = build_message("sender@example.com", "zed@localhost", "before deletion")
+        self.deliver_locally(apus, msg, rcpt="zed@localhost")
+        result = subprocess.run([str(APUSCTL), "-c", str(apus.config_path), "user", "del", "zed@localhost"],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        conn = self.smtp(apus.ports["smtp"])
+        conn.ehlo()
+        conn.mail("sender@example.com")
+        self.assertEqual(conn.rcpt("zed@localhost")[0], 550)
+        kept = [p for p in (apus.mail_directory / "localhost").iterdir() if p.name.startswith(".deleted-zed-")]
+        self.assertEqual(len(kept), 1)
+        self.assertEqual(len(list((kept[0] / "new").iterdir())), 1, "the mail was not kept")
