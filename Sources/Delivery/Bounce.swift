@@ -39,7 +39,7 @@ public enum Bounce {
             "",
         ]
         for failure in failures {
-            lines.append("<\(failure.recipient)>: \(failure.reply)")
+            lines.append("<\(failure.recipient)>: \(printable(failure.reply.description))")
         }
         lines += ["", "--\(boundary)", "Content-Type: message/delivery-status", "",
                   "Reporting-MTA: dns; \(hostname)",
@@ -53,16 +53,26 @@ public enum Bounce {
                 // RFC 3464 §2.3.5: the remote MTA's name; our log form is "host[ip]:port".
                 let host = relay.split(separator: "[", maxSplits: 1).first.map(String.init) ?? relay
                 lines.append("Remote-MTA: dns; \(host)")
-                lines.append("Diagnostic-Code: smtp; \(failure.reply)")
+                lines.append("Diagnostic-Code: smtp; \(printable(failure.reply.description))")
             } else {
                 // Not a remote SMTP reply (DNS, local delivery, expiry): Postfix's X-Postfix style.
-                lines.append("Diagnostic-Code: X-Apus; \(failure.reply.lines.joined(separator: " "))")
+                lines.append("Diagnostic-Code: X-Apus; \(printable(failure.reply.lines.joined(separator: " ")))")
             }
         }
         lines += ["", "--\(boundary)", "Content-Type: text/rfc822-headers", ""]
         var out = Array(lines.joined(separator: "\r\n").utf8) + [13, 10]
         out += headerSection(of: originalMessage)
         out += Array("\r\n--\(boundary)--\r\n".utf8)
+        return out
+    }
+
+    /// Remote reply text as it may appear in a report: printable US-ASCII only (RFC 3464
+    /// §2.1.1), and short enough that no line passes 998 octets (RFC 5322 §2.1.1) — a hostile
+    /// server's 4 MB or control-character reply must not become our bounce.
+    static func printable(_ text: String, limit: Int = 700) -> String {
+        var out = String(decoding: text.utf8.prefix(limit).map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: "?") },
+                         as: UTF8.self)
+        if text.utf8.count > limit { out += "..." }
         return out
     }
 

@@ -39,6 +39,7 @@ public struct RemoteDelivery: Sendable {
             Array(repeating: AttemptOutcome(result: result, relay: relay), count: recipients.count)
         }
         var hosts: [String] = []
+        var viaMX = false
         if domain.hasPrefix("[") && domain.hasSuffix("]") {
             // Address literal, RFC 5321 §4.1.3: [192.0.2.1] or [IPv6:2001:db8::1].
             var literal = domain.dropFirst().dropLast()
@@ -46,7 +47,22 @@ public struct RemoteDelivery: Sendable {
             hosts = [String(literal)]
         } else {
             switch await resolver.lookupMX(domain) {
-            case .records(let records):
+            case .records(var records):
+                viaMX = true
+                // An MX exchange must be a host name, never an address (RFC 5321 §5.1; Postfix
+                // ignores numeric MX names too).
+                records.removeAll { NetworkAddress.isLiteral($0.exchange) }
+                // RFC 5321 §5.1: if we are in the list, only hosts more preferred than we are
+                // may be used; none left means the mail would loop back to us.
+                if let own = records.filter({ $0.exchange == heloName.lowercased() }).map(\.preference).min() {
+                    records.removeAll { $0.preference >= own }
+                    if records.isEmpty {
+                        return all(.bounced(Reply(554, "5.4.6", "mail for \(domain) loops back to myself")))
+                    }
+                }
+                if records.isEmpty {
+                    return all(.deferred(Reply(451, "4.4.3", "no usable MX host for \(domain)")))
+                }
                 hosts = Dictionary(grouping: records, by: \.preference).sorted { $0.key < $1.key }
                     .flatMap { $0.value.shuffled().map(\.exchange) }
             case .noRecords:
@@ -62,22 +78,35 @@ public struct RemoteDelivery: Sendable {
 
         var lastFailure = Reply(451, "4.4.1", "No MX host for \(domain) could be reached")
         var lastRelay = "none"
-        for host in hosts {
+        var addressesTried = 0
+        var sessions = 0
+        var everyHostNonexistent = true
+        hostLoop: for host in hosts {
             var addresses: [String]
             if NetworkAddress.isLiteral(host) {
                 addresses = [host]
+                everyHostNonexistent = false
             } else {
                 switch await resolver.lookupAddresses(host) {
-                case .addresses(let list): addresses = list
+                case .addresses(let list):
+                    addresses = list
+                    everyHostNonexistent = false
                 case .nonexistent:
                     lastFailure = Reply(451, "4.4.3", "MX host \(host) not found")
                     continue
                 case .temporaryFailure(let why):
                     lastFailure = Reply(451, "4.4.3", "MX host \(host) lookup failed: \(why)")
+                    everyHostNonexistent = false
                     continue
                 }
             }
             for address in addresses {
+                // Bounded work per attempt however many MX hosts a domain lists (Postfix
+                // smtp_mx_address_limit = 5, smtp_mx_session_limit = 2).
+                guard addressesTried < RemoteDelivery.addressLimit, sessions < RemoteDelivery.sessionLimit else {
+                    break hostLoop
+                }
+                addressesTried += 1
                 let relay = "\(host)[\(address)]:\(port)"
                 // Opportunistic TLS (RFC 7435) must not make mail undeliverable: when the
                 // handshake itself fails under `may`, try the same host once more in plaintext,
@@ -94,8 +123,10 @@ public struct RemoteDelivery: Sendable {
                         policy = .none
                         continue
                     case .tlsHandshakeFailed(let why):
+                        sessions += 1
                         lastFailure = Reply(451, "4.7.5", "TLS handshake with \(relay) failed: \(why)")
-                    case .hostFailed(let reply):
+                    case .hostFailed(let reply, let connected):
+                        if connected { sessions += 1 }
                         lastFailure = reply
                     }
                     lastRelay = relay
@@ -103,14 +134,23 @@ public struct RemoteDelivery: Sendable {
                 }
             }
         }
+        if viaMX && everyHostNonexistent {
+            // Every MX host is NXDOMAIN: a permanent misconfiguration (Postfix bounces 5.4.4).
+            return all(.bounced(Reply(550, "5.4.4", "no MX host of \(domain) exists")))
+        }
         return all(.deferred(lastFailure), relay: lastRelay)
     }
+
+    /// Addresses tried per attempt, and hosts that got as far as an SMTP session.
+    static let addressLimit = 5
+    static let sessionLimit = 2
 
     private enum HostAttempt {
         /// Every recipient has a result from this host (delivered, bounced or deferred by it).
         case settled([RecipientResult])
         /// The host could not take the message (connection, greeting, EHLO): try the next one.
-        case hostFailed(Reply)
+        /// `connected`: an SMTP session was set up (it counts against the session limit).
+        case hostFailed(Reply, connected: Bool)
         case tlsHandshakeFailed(String)
     }
 
@@ -144,7 +184,7 @@ public struct RemoteDelivery: Sendable {
         do {
             (fd, _) = try await connectTCP(ip: address, port: port, timeoutSeconds: connectTimeout)
         } catch {
-            return .hostFailed(Reply(451, "4.4.1", "connect to \(relay): \(error)"))
+            return .hostFailed(Reply(451, "4.4.1", "connect to \(relay): \(error)"), connected: false)
         }
         let connection = Connection(fd: fd, peer: SocketAddress(ip: address, port: port)!, readTimeout: commandTimeout)
         var session = newSession()
@@ -155,9 +195,11 @@ public struct RemoteDelivery: Sendable {
 
     private func finish(_ outcome: DialogueResult, connection entry: CachedConnection, key: String,
                         relay: String) -> HostAttempt {
-        if outcome.reusable && connections.put(entry, for: key) {
+        // A server that said more than it was asked is out of step: never reuse it.
+        let clean = !entry.connection.hasBufferedInput
+        if outcome.reusable && clean && connections.put(entry, for: key) {
             // parked for the next message to this host
-        } else if outcome.reusable {
+        } else if outcome.reusable && clean {
             let connection = entry.connection
             connection.queue(line: "QUIT")
             Task { try? await connection.flush(); await connection.shutdown() }
@@ -166,7 +208,7 @@ public struct RemoteDelivery: Sendable {
         }
         if let tlsFailure = outcome.tlsFailure { return .tlsHandshakeFailed(tlsFailure) }
         if outcome.hostFailed {
-            return .hostFailed(outcome.results.first?.reply ?? Reply(451, "4.4.2", "\(relay) failed"))
+            return .hostFailed(outcome.results.first?.reply ?? Reply(451, "4.4.2", "\(relay) failed"), connected: true)
         }
         return .settled(outcome.results)
     }
@@ -183,6 +225,9 @@ public struct RemoteDelivery: Sendable {
         }
         var parser = ReplyParser()
         var next = first
+        // The whole reply (all its lines) must arrive within the timeout (RFC 5321 §4.5.3.2
+        // times commands, not lines): a server trickling "250-" lines cannot hold us for ever.
+        var replyDeadline: Int64?
         while true {
             if let action = next {
                 next = nil
@@ -217,16 +262,18 @@ public struct RemoteDelivery: Sendable {
                 }
             }
             do {
-                guard case .line(let line) = try await connection.readLine(limit: 4096) else {
-                    throw NetError.tls("reply line too long")
+                if replyDeadline == nil { replyDeadline = connection.timeoutFromNow }
+                guard case .line(let line) = try await connection.readLine(limit: 4096, deadline: replyDeadline) else {
+                    throw NetError.protocolError("reply line too long")
                 }
                 let reply: Reply?
                 do {
                     reply = try parser.feed(line: line)
                 } catch {
-                    throw NetError.tls("malformed reply from \(host)")
+                    throw NetError.protocolError("malformed reply from \(host): \(error)")
                 }
                 if let reply {
+                    replyDeadline = nil
                     connection.readTimeout = commandTimeout
                     next = session.receive(reply)
                 }

@@ -33,11 +33,27 @@ public actor Scheduler {
     private let clock: @Sendable () -> Int64
     private let random: @Sendable () -> Double
     private var queue: [QueueID: QueuedMessage] = [:]
-    private var inFlight: Set<QueueID> = []
-    /// Messages due now, oldest first; `ready[readyHead...]` is the live part.
-    private var ready: [QueueID] = []
-    private var readyHead = 0
+    /// Messages being attempted, and the lane each one holds a slot in.
+    private var inFlight: [QueueID: Lane.Kind] = [:]
+    /// Local Maildir deliveries and remote SMTP deliveries wait in separate lanes with their own
+    /// slots, so slow or hostile remote hosts can never hold up mail for local users (Postfix
+    /// likewise runs its local and smtp transports with separate concurrency).
+    private var lanes = [Lane.Kind.local: Lane(), .remote: Lane()]
     private var readySet: Set<QueueID> = []
+
+    struct Lane {
+        enum Kind: Sendable { case local, remote }
+        /// Messages due now, oldest first; `ready[head...]` is the live part.
+        var ready: [QueueID] = []
+        var head = 0
+        var busy = 0
+        var isEmpty: Bool { head >= ready.count }
+    }
+
+    private func lane(of message: QueuedMessage) -> Lane.Kind {
+        let open = message.envelope.recipients.indices.filter { !message.states[$0].isFinal }
+        return open.allSatisfy({ settings.localDomains.contains(message.envelope.recipients[$0].domain) }) ? .local : .remote
+    }
     /// Bodies of freshly accepted messages, kept for their first attempt so it needs no disk read.
     private var freshBodies: [QueueID: [UInt8]] = [:]
     private var loop: Task<Void, Never>?
@@ -70,7 +86,8 @@ public actor Scheduler {
         queue[message.queueID] = message
         // Keep the body only if the attempt can start now; a backlog reads bodies from disk, so
         // memory does not grow with the queue.
-        if let body, inFlight.count < settings.concurrency, readyHead >= ready.count {
+        let kind = lane(of: message)
+        if let body, let lane = lanes[kind], lane.busy < settings.concurrency, lane.isEmpty {
             freshBodies[message.queueID] = body
         }
         markReady(message.queueID)
@@ -80,15 +97,15 @@ public actor Scheduler {
     public var count: Int { queue.count }
 
     private func markReady(_ qid: QueueID) {
-        guard !readySet.contains(qid), !inFlight.contains(qid) else { return }
+        guard !readySet.contains(qid), inFlight[qid] == nil, let message = queue[qid] else { return }
         readySet.insert(qid)
-        ready.append(qid)
+        lanes[lane(of: message)]!.ready.append(qid)
     }
 
     /// Once a second: move messages whose next attempt has come to the ready list.
     private func promoteDue() {
         let now = clock()
-        for (qid, message) in queue where !inFlight.contains(qid) && !readySet.contains(qid) {
+        for (qid, message) in queue where inFlight[qid] == nil && !readySet.contains(qid) {
             let due = message.states.contains { state in
                 if case .pending(_, let next) = state { return next <= now }
                 return false
@@ -100,17 +117,22 @@ public actor Scheduler {
 
     /// Starts attempts for ready messages while the concurrency limit allows.
     private func pump() {
-        while inFlight.count < settings.concurrency && readyHead < ready.count {
-            let qid = ready[readyHead]
-            readyHead += 1
-            readySet.remove(qid)
-            guard let message = queue[qid], !inFlight.contains(qid) else { continue }
-            inFlight.insert(qid)
-            Task { await self.attempt(message) }
-        }
-        if readyHead > 1024 && readyHead * 2 > ready.count {
-            ready.removeFirst(readyHead)
-            readyHead = 0
+        for kind in [Lane.Kind.local, .remote] {
+            var lane = lanes[kind]!
+            while lane.busy < settings.concurrency && !lane.isEmpty {
+                let qid = lane.ready[lane.head]
+                lane.head += 1
+                readySet.remove(qid)
+                guard let message = queue[qid], inFlight[qid] == nil else { continue }
+                inFlight[qid] = kind
+                lane.busy += 1
+                Task { await self.attempt(message) }
+            }
+            if lane.head > 1024 && lane.head * 2 > lane.ready.count {
+                lane.ready.removeFirst(lane.head)
+                lane.head = 0
+            }
+            lanes[kind] = lane
         }
     }
 
@@ -129,8 +151,9 @@ public actor Scheduler {
         } catch let error as IOError where error.code == ENOENT {
             // Removed by hand (there is no `apusctl queue delete` yet): forget it.
             Log.warning("\(queueID): queue file is gone; dropping the message")
+            try? await spool.record([.removed(queueID)])  // and its journal state
             queue[queueID] = nil
-            inFlight.remove(queueID)
+            release(queueID)
             pump()
             return
         } catch {
@@ -209,7 +232,8 @@ public actor Scheduler {
                     status = "deferred"
                 }
             }
-            let reply = outcome.result.reply
+            var reply = outcome.result.reply
+            if status == "expired", let last = failures.last { reply = last.reply }
             Log.info("\(message.queueID): to=<\(rcpt)>, relay=\(outcome.relay), delay=\(delay), dsn=\(reply.enhanced ?? "\(reply.code / 100).0.0"), status=\(status) (\(reply))")
         }
         if !failures.isEmpty, case .mailbox(let sender) = message.envelope.sender {
@@ -253,16 +277,21 @@ public actor Scheduler {
             spool.unlinkMessage(message.queueID)
             Log.info("\(message.queueID): removed")
             queue[message.queueID] = nil
-            inFlight.remove(message.queueID)
+            release(message.queueID)
             pump()
             return
         }
         finishAttempt(message)
     }
 
+    /// Frees the lane slot a finished attempt held.
+    private func release(_ qid: QueueID) {
+        if let kind = inFlight.removeValue(forKey: qid) { lanes[kind]!.busy -= 1 }
+    }
+
     private func finishAttempt(_ message: QueuedMessage) {
         queue[message.queueID] = message
-        inFlight.remove(message.queueID)
+        release(message.queueID)
         pump()
     }
 

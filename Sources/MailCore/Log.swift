@@ -6,6 +6,9 @@ import Glibc
 public enum Log {
     nonisolated(unsafe) public static var program = "apusd"
 
+    /// Longest message text kept in one line (bytes).
+    public static let maximumLength = 2048
+
     public static func info(_ message: String) { emit(message) }
     public static func warning(_ message: String) { emit("warning: " + message) }
     public static func error(_ message: String) { emit("error: " + message) }
@@ -24,15 +27,17 @@ public enum Log {
             + "\(pad(parts.tm_hour)):\(pad(parts.tm_min)):\(pad(parts.tm_sec)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
         // Never let a peer's bytes forge a line or reach a terminal: control bytes become \xHH.
         var clean: [UInt8] = []
-        clean.reserveCapacity(message.utf8.count)
+        clean.reserveCapacity(min(message.utf8.count, maximumLength + 16))
         let hex = Array("0123456789abcdef".utf8)
-        for b in message.utf8 {
+        // A peer's text can be huge (a 64 KB reply): one log line stays readable.
+        for b in message.utf8.prefix(maximumLength) {
             if b < 0x20 || b >= 0x7F {
                 clean += [UInt8(ascii: "\\"), UInt8(ascii: "x"), hex[Int(b >> 4)], hex[Int(b & 15)]]
             } else {
                 clean.append(b)
             }
         }
+        if message.utf8.count > maximumLength { clean += Array("...".utf8) }
         let line = Array("\(stamp) \(program)[\(getpid())]: ".utf8) + clean + [10]
         line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
     }

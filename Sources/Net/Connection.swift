@@ -57,13 +57,13 @@ public final class Connection {
         input.append(plaintext)
     }
 
-    private var timeoutFromNow: Int64 { monotonicMilliseconds() + Int64(readTimeout) * 1000 }
+    public var timeoutFromNow: Int64 { monotonicMilliseconds() + Int64(readTimeout) * 1000 }
 
     /// The next line (CR LF or LF stripped), or `.tooLong`. Never `.needMore`. The whole line
     /// must arrive within the timeout: a byte now and then does not keep a connection open
     /// (slowloris).
-    public func readLine(limit: Int) async throws -> LineResult {
-        let deadline = timeoutFromNow
+    public func readLine(limit: Int, deadline: Int64? = nil) async throws -> LineResult {
+        let deadline = deadline ?? timeoutFromNow
         while true {
             let result = input.nextLine(limit: limit)
             if result != .needMore { return result }

@@ -16,6 +16,8 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
     case system(String, Int32)
     case tls(String)
     case resolve(String)
+    /// The peer broke the protocol (a malformed or endless reply).
+    case protocolError(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum NetError: Error, Sendable, Equatable, CustomStringConvertible {
         case .system(let call, let code): return "\(call): \(String(cString: strerror(code)))"
         case .tls(let why): return "TLS: \(why)"
         case .resolve(let why): return why
+        case .protocolError(let why): return "protocol error: \(why)"
         }
     }
 }

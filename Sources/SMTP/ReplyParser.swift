@@ -10,6 +10,12 @@ public enum ReplyParseError: Error, Equatable, Sendable {
 public struct ReplyParser: Sendable {
     private var code: Int?
     private var lines: [String] = []
+    private var bytes = 0
+
+    /// A reply longer than this is a protocol error, not something to keep buffering: a
+    /// hostile server could otherwise send "250-" lines for ever (Postfix caps replies too).
+    public static let maximumLines = 200
+    public static let maximumBytes = 65_536
 
     public init() {}
 
@@ -21,6 +27,7 @@ public struct ReplyParser: Sendable {
             // Start afresh: a reused parser must not carry half a bad reply into the next one.
             code = nil
             lines = []
+            self.bytes = 0
             throw error
         }
     }
@@ -36,8 +43,12 @@ public struct ReplyParser: Sendable {
         guard separator == UInt8(ascii: " ") || separator == UInt8(ascii: "-") else { throw .malformed(text) }
         let rest = bytes.count > 4 ? String(decoding: bytes[4...], as: UTF8.self) : ""
         lines.append(rest)
+        self.bytes += bytes.count
+        if lines.count > ReplyParser.maximumLines || self.bytes > ReplyParser.maximumBytes {
+            throw .malformed("reply longer than \(ReplyParser.maximumLines) lines or \(ReplyParser.maximumBytes) bytes")
+        }
         guard separator == UInt8(ascii: " ") else { return nil }
-        defer { self.code = nil; lines = [] }
+        defer { self.code = nil; lines = []; self.bytes = 0 }
         // Split off an enhanced status code if the first line carries one (RFC 2034 §4).
         var enhanced: String?
         var texts = lines

@@ -203,6 +203,11 @@ public struct SMTPClientSession: Sendable {
 
     private mutating func transactionReply(_ reply: Reply) -> SMTPClientAction {
         guard !expected.isEmpty else { return endTransaction(reusable: false) }
+        if reply.code / 100 == 3 && expected.first != .data {
+            // An intermediate reply to MAIL or RCPT: the server is out of step (perhaps
+            // waiting for data). Nothing sent now could be trusted; hang up, retry later.
+            return protocolViolation("unexpected \(reply.code) reply to \(expected.first == .mail ? "MAIL" : "RCPT")")
+        }
         switch expected.removeFirst() {
         case .mail:
             if reply.code != 250 {
@@ -267,6 +272,12 @@ public struct SMTPClientSession: Sendable {
         }
         phase = .quit
         return .send(["QUIT"])
+    }
+
+    private mutating func protocolViolation(_ why: String) -> SMTPClientAction {
+        markHostFailed(Reply(451, "4.5.0", "protocol error: \(why)"))
+        phase = .done
+        return .finished(results.map { $0 ?? .deferred(Reply(451, "4.5.0", why)) }, hostFailed: true, reusable: false)
     }
 
     private mutating func markHostFailed(_ reply: Reply) {

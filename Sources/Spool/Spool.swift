@@ -68,7 +68,10 @@ public final class Spool: @unchecked Sendable {
         var messages: [QueuedMessage] = []
         var byID: [QueueID: Int] = [:]
         for name in try FileIO.list(queueDirectory).sorted() {
-            guard let qid = QueueID(name) else { continue }
+            guard let qid = QueueID(name) else {
+                Log.warning("spool: ignoring \(queueDirectory)/\(name): not a queue file")
+                continue
+            }
             let path = queueDirectory + "/" + name
             let header: (Envelope, Int64, Int)
             do {

@@ -139,4 +139,14 @@ final class SMTPClientSessionTests: XCTestCase {
         XCTAssertEqual(results[0], .bounced(Reply(550, "5.1.1", "unknown")))
         XCTAssertEqual(results[1].reply.code, 451)
     }
+
+    func testIntermediateReplyToMailHangsUpWithoutQuit() {
+        var s = session([bob], policy: .none)
+        _ = s.receive(Reply(220, nil, "ready"))
+        _ = s.receive(ehlo([]))
+        guard case .finished(let results, true, false) = s.receive(Reply(354, nil, "go ahead")) else {
+            return XCTFail("expected a host failure without QUIT")
+        }
+        XCTAssertEqual(results.first?.reply.enhanced, "4.5.0")
+    }
 }
