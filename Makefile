@@ -17,7 +17,7 @@ APT_PACKAGES := pkg-config libssl-dev libsasl2-dev sasl2-bin libsasl2-modules li
 DEV_CERT := certs/dev-cert.pem
 DEV_KEY := certs/dev-key.pem
 
-.PHONY: all deps build release run test unit-test integration-test bench clean
+.PHONY: all deps build release run test unit-test integration-test bench fuzz clean
 
 all: build
 
@@ -58,3 +58,12 @@ bench: release
 
 clean:
 	rm -rf .build run
+
+# Coverage-guided fuzzing of every network/disk parser (libFuzzer), FUZZ_SECONDS each run; new
+# interesting inputs land in Tests/Fixtures/fuzz-corpus (commit the ones worth keeping).
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	$(SWIFT) build --build-path .build/fuzz --sanitize=fuzzer -Xswiftc -DFUZZING --product apus-fuzz
+	mkdir -p .build/fuzz-new
+	SWIFT_BACKTRACE=enable=no .build/fuzz/debug/apus-fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+	  -artifact_prefix=.build/fuzz- .build/fuzz-new Tests/Fixtures/fuzz-corpus

@@ -36,6 +36,9 @@ let package = Package(
                 dependencies: ["MailCore", "SMTP", "POP3", "Net", "Auth", "DNS", "Spool", "Mailbox",
                                "Delivery", "Config"],
                 swiftSettings: strict),
+        .target(name: "FuzzTargets", dependencies: ["MailCore", "SMTP", "POP3", "Config", "Spool"],
+                swiftSettings: strict),
+        .executableTarget(name: "apus-fuzz", dependencies: ["FuzzTargets"], swiftSettings: strict),
         .executableTarget(name: "apusd", dependencies: ["ApusServer", "MailCore"], swiftSettings: strict),
         .executableTarget(name: "apusctl", dependencies: ["ApusServer", "Config"], swiftSettings: strict),
 
@@ -46,5 +49,6 @@ let package = Package(
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "Mailbox", "MailCore"], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["Config"], swiftSettings: strict),
         .testTarget(name: "DeliveryTests", dependencies: ["Delivery"], swiftSettings: strict),
+        .testTarget(name: "FuzzCorpusTests", dependencies: ["FuzzTargets"], swiftSettings: strict),
     ]
 )

@@ -22,6 +22,8 @@ public struct Reply: Sendable, Equatable, CustomStringConvertible {
     public var isPermanentFailure: Bool { code >= 500 }
 
     /// Wire form: every line but the last uses "code-", the last "code "; CRLF after each.
+    /// Control characters in the text (an echoed client argument, say) become "?": a reply can
+    /// never carry a line break the client would read as a second reply.
     public var wireBytes: [UInt8] {
         var out: [UInt8] = []
         for (index, line) in lines.enumerated() {
@@ -29,7 +31,7 @@ public struct Reply: Sendable, Equatable, CustomStringConvertible {
             var text = "\(code)\(separator)"
             if let enhanced { text += enhanced + " " }
             text += line
-            out.append(contentsOf: Array(text.utf8))
+            out.append(contentsOf: text.utf8.map { $0 < 0x20 || $0 == 0x7F ? UInt8(ascii: "?") : $0 })
             out.append(13); out.append(10)
         }
         return out
