@@ -28,27 +28,12 @@ final class POP3TranscriptMachine: TranscriptMachine {
     private let hostname = "apus.test"
 
     init(config: [String: String]) throws {
-        var rest = config
-        func take(_ key: String) -> String? { rest.removeValue(forKey: key) }
-        func flag(_ key: String, _ fallback: Bool) throws -> Bool {
-            switch take(key) {
-            case nil: return fallback
-            case "yes": return true
-            case "no": return false
-            case let other?: throw TranscriptFailure("\(key)=\(other): expected yes or no")
-            }
-        }
-        var configuration = POP3Configuration(hostname: hostname, tlsAvailable: try flag("tls", true))
-        let implicitTLS = try flag("implicit_tls", false)
-        if let text = take("auth_failure_limit") {
-            guard let n = Int(text) else { throw TranscriptFailure("auth_failure_limit=\(text)") }
-            configuration.authFailureLimit = n
-        }
-        if let text = take("error_limit") {
-            guard let n = Int(text) else { throw TranscriptFailure("error_limit=\(text)") }
-            configuration.errorLimit = n
-        }
-        if let unknown = rest.keys.sorted().first { throw TranscriptFailure("unknown key \(unknown)") }
+        var settings = TranscriptSettings(config)
+        var configuration = POP3Configuration(hostname: hostname, tlsAvailable: try settings.flag("tls", true))
+        let implicitTLS = try settings.flag("implicit_tls", false)
+        if let n = try settings.number("auth_failure_limit") { configuration.authFailureLimit = n }
+        if let n = try settings.number("error_limit") { configuration.errorLimit = n }
+        try settings.finish()
         session = POP3Session(configuration: configuration, implicitTLS: implicitTLS)
     }
 

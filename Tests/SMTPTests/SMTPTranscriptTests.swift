@@ -26,21 +26,10 @@ final class SMTPTranscriptMachine: TranscriptMachine {
     private let implicitTLS: Bool
 
     init(config: [String: String]) throws {
-        var rest = config
-        func take(_ key: String) -> String? { rest.removeValue(forKey: key) }
-        func flag(_ key: String, _ fallback: Bool) throws -> Bool {
-            switch take(key) {
-            case nil: return fallback
-            case "yes": return true
-            case "no": return false
-            case let other?: throw TranscriptFailure("\(key)=\(other): expected yes or no")
-            }
-        }
-        func number(_ key: String) throws -> Int? {
-            guard let text = take(key) else { return nil }
-            guard let n = Int(text) else { throw TranscriptFailure("\(key)=\(text): expected a number") }
-            return n
-        }
+        var settings = TranscriptSettings(config)
+        func take(_ key: String) -> String? { settings.take(key) }
+        func flag(_ key: String, _ fallback: Bool) throws -> Bool { try settings.flag(key, fallback) }
+        func number(_ key: String) throws -> Int? { try settings.number(key) }
         func list(_ key: String, _ fallback: String) -> [String] {
             (take(key) ?? fallback).split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
@@ -71,7 +60,7 @@ final class SMTPTranscriptMachine: TranscriptMachine {
         if let n = try number("size_limit") { configuration.messageSizeLimit = n }
         if let n = try number("max_rcpt") { configuration.recipientLimit = n }
         if let n = try number("error_limit") { configuration.errorLimit = n }
-        if let unknown = rest.keys.sorted().first { throw TranscriptFailure("unknown key \(unknown)") }
+        try settings.finish()
         session = SMTPServerSession(configuration: configuration, clientAddress: "192.0.2.1", implicitTLS: implicitTLS)
     }
 

@@ -125,6 +125,33 @@ public enum TranscriptParser {
     }
 }
 
+/// The `@ key=value` settings of a transcript, taken one by one; keys left over are errors.
+public struct TranscriptSettings {
+    private var rest: [String: String]
+    public init(_ config: [String: String]) { rest = config }
+
+    public mutating func take(_ key: String) -> String? { rest.removeValue(forKey: key) }
+
+    public mutating func flag(_ key: String, _ fallback: Bool) throws -> Bool {
+        switch take(key) {
+        case nil: return fallback
+        case "yes": return true
+        case "no": return false
+        case let other?: throw TranscriptFailure("\(key)=\(other): expected yes or no")
+        }
+    }
+
+    public mutating func number(_ key: String) throws -> Int? {
+        guard let text = take(key) else { return nil }
+        guard let n = Int(text) else { throw TranscriptFailure("\(key)=\(text): expected a number") }
+        return n
+    }
+
+    public func finish() throws {
+        if let unknown = rest.keys.sorted().first { throw TranscriptFailure("unknown key \(unknown)") }
+    }
+}
+
 /// A state machine plus the driver loop around it, as the connection handler runs it.
 public protocol TranscriptMachine: AnyObject {
     init(config: [String: String]) throws
