@@ -67,6 +67,7 @@ for S in $SESSIONS; do
     while [ "$(sink_count)" -lt $((before + MESSAGES)) ] && [ $SECONDS -lt $deadline ]; do sleep 0.05; done
     t2=$EPOCHREALTIME; c1=$(cpu_ticks "$APUS_PID")
     rss=$(awk '/VmHWM/ {print $2}' "/proc/$APUS_PID/status")
+    echo "# threads=$(ls /proc/$APUS_PID/task | wc -l) fds=$(ls /proc/$APUS_PID/fd | wc -l) queue_dir=$(stat -c %s $WORK/spool/queue) journal=$(stat -c %s $WORK/spool/journal) spool_files=$(ls $WORK/spool/queue | wc -l)" >&2
     awk -v s="$S" -v r="$RUN" -v m="$MESSAGES" -v t0="$t0" -v t1="$t1" -v t2="$t2" -v c="$((c1 - c0))" -v hz="$HZ" -v rss="$rss" \
       'BEGIN { printf "%-9d %-4d %-20.0f %-16.2f %-22.3f %.1f\n", s, r, m/(t1-t0), t2-t0, c/hz*1000/m, rss/1024 }'
     sleep 1
