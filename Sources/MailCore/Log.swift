@@ -6,6 +6,9 @@ import Glibc
 public enum Log {
     nonisolated(unsafe) public static var program = "apusd"
 
+    /// Read once: a syscall per log line adds up at thousands of lines a second.
+    private static let processID = getpid()
+
     /// Longest message text kept in one line (bytes).
     public static let maximumLength = 2048
 
@@ -38,7 +41,7 @@ public enum Log {
             }
         }
         if message.utf8.count > maximumLength { clean += Array("...".utf8) }
-        let line = Array("\(stamp) \(program)[\(getpid())]: ".utf8) + clean + [10]
+        let line = Array("\(stamp) \(program)[\(processID)]: ".utf8) + clean + [10]
         line.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
     }
 }
