@@ -17,7 +17,8 @@ struct SMTPConnectionHandler {
     var sasl: SASLServerSession?
     let client: String
 
-    init(server: ServerContext, service: SMTPService, connection: Connection) {
+    /// `trusted`: the client is in `relay_networks` (the accept loop has already checked).
+    init(server: ServerContext, service: SMTPService, connection: Connection, trusted: Bool) {
         self.server = server
         self.service = service
         self.connection = connection
@@ -29,7 +30,7 @@ struct SMTPConnectionHandler {
             hostname: config.hostname, service: service, messageSizeLimit: config.messageSizeLimit,
             recipientLimit: config.recipientLimit, tlsAvailable: server.tls != nil,
             authMechanisms: SASL.mechanisms, localDomains: Set(config.localDomains),
-            clientMayRelay: config.relayNetworks.contains { $0.contains(ip) },
+            clientMayRelay: trusted,
             enforceSenderOwnership: config.enforceSenderOwnership,
             verifyLocalRecipient: { [postmaster = config.postmaster] rcpt in
                 if maildirs.exists(rcpt) { return .exists }

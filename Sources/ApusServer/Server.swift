@@ -263,7 +263,8 @@ public enum ApusServer {
                     switch service {
                     case .smtp, .submission, .submissions:
                         let kind: SMTPService = service == .smtp ? .mx : (service == .submission ? .submission : .submissions)
-                        var handler = SMTPConnectionHandler(server: context, service: kind, connection: connection)
+                        var handler = SMTPConnectionHandler(server: context, service: kind, connection: connection,
+                                                            trusted: trusted)
                         await handler.run()
                     case .pop3, .pop3s:
                         var handler = POP3ConnectionHandler(server: context, connection: connection,

@@ -17,19 +17,23 @@ enum LocalDelivery {
         let bytes = Array(trace.utf8) + body
         // Deterministic per queue id and recipient: a repeat after a crash finds it and stops.
         let name = "\(message.arrival / 1000).Q\(message.queueID)R\(index).\(hostname)"
+        enum Verdict: Sendable { case delivered, unknownUser, storeMissing }
         do {
-            try await Blocking.run {
-                guard maildirs.isAvailable else {
-                    throw IOError(operation: "open", path: maildirs.root, code: ENOENT)
-                }
-                if !maildirs.exists(recipient) {
-                    throw IOError(operation: "deliver", path: recipient.description, code: 2)
-                }
+            let verdict = try await Blocking.run { () throws -> Verdict in
+                // A missing store (not mounted?) is temporary; only a missing mailbox bounces.
+                guard maildirs.isAvailable else { return .storeMissing }
+                guard maildirs.exists(recipient) else { return .unknownUser }
                 try maildirs.deliver(bytes, to: recipient, uniqueName: name)
+                return .delivered
             }
-            return AttemptOutcome(result: .delivered(Reply(250, "2.0.0", "delivered to maildir")), relay: "local")
-        } catch let error as IOError where error.code == 2 && error.operation == "deliver" {
-            return AttemptOutcome(result: .bounced(Reply(550, "5.1.1", "unknown user: \"\(recipient.localPart)\"")), relay: "local")
+            switch verdict {
+            case .delivered:
+                return AttemptOutcome(result: .delivered(Reply(250, "2.0.0", "delivered to maildir")), relay: "local")
+            case .unknownUser:
+                return AttemptOutcome(result: .bounced(Reply(550, "5.1.1", "unknown user: \"\(recipient.localPart)\"")), relay: "local")
+            case .storeMissing:
+                return AttemptOutcome(result: .deferred(Reply(451, "4.3.0", "mail directory \(maildirs.root) is missing")), relay: "local")
+            }
         } catch {
             return AttemptOutcome(result: .deferred(Reply(451, "4.3.0", "maildir delivery failed: \(error)")), relay: "local")
         }

@@ -266,7 +266,7 @@ public struct POP3Session: Sendable {
                 return .send(["+OK " + row(n)])
             }
             var lines = ["+OK"]
-            for n in 1...max(1, maildrop.count) where n <= maildrop.count && !deleted.contains(n) {
+            for n in maildrop.indices.map({ $0 + 1 }) where !deleted.contains(n) {
                 lines.append(row(n))
             }
             lines.append(".")

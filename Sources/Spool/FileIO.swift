@@ -87,6 +87,33 @@ public enum FileIO {
         if Glibc.rename(from, to) != 0 { throw IOError(operation: "rename", path: to, code: errno) }
     }
 
+    /// The beginning of a file, up to the first occurrence of `terminator` (included), reading
+    /// in chunks; nil if the file ends first. For headers of large files.
+    public static func readPrefix(_ path: String, through terminator: [UInt8]) throws(IOError) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw IOError(operation: "open", path: path, code: errno) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw IOError(operation: "read", path: path, code: errno)
+            }
+            if n == 0 { return nil }
+            let searchFrom = max(0, out.count - terminator.count + 1)
+            out.append(contentsOf: chunk[0..<n])
+            var i = searchFrom
+            while i + terminator.count <= out.count {
+                if out[i] == terminator[0] && Array(out[i..<(i + terminator.count)]) == terminator {
+                    return Array(out[0..<(i + terminator.count)])
+                }
+                i += 1
+            }
+        }
+    }
+
     public static func readFile(_ path: String) throws(IOError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw IOError(operation: "open", path: path, code: errno) }

@@ -45,9 +45,10 @@ enum MessageFile {
 
     /// Parse errors are IOError with EINVAL; read errors keep their errno.
     static func readHeader(path: String) throws(IOError) -> (Envelope, Int64, Int) {
-        // Headers are small; read the first 64 KiB at most… recipients can be many, so read all.
-        let bytes = try FileIO.readFile(path)
-        guard let offset = bodyOffset(bytes) else { throw IOError(operation: "parse", path: path, code: 22) }
+        // Only the envelope header: recovery must not read every queued message whole.
+        guard let bytes = try FileIO.readPrefix(path, through: [10, 10]), let offset = bodyOffset(bytes) else {
+            throw IOError(operation: "parse", path: path, code: 22)
+        }
         let lines = String(decoding: bytes[0..<(offset - 2)], as: UTF8.self).split(separator: "\n")
         guard lines.first == Substring(magic) else { throw IOError(operation: "parse", path: path, code: 22) }
         var envelope = Envelope(sender: .null, recipients: [])

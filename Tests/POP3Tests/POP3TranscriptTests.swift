@@ -51,9 +51,8 @@ final class POP3TranscriptMachine: TranscriptMachine {
     }
 
     func inject(_ event: String) throws {
-        let words = event.split(separator: " ", maxSplits: 1)
-        let name = words.first.map(String.init) ?? ""
-        let argument = words.count > 1 ? String(words[1]) : ""
+        let parsed = TranscriptEvent(event)
+        let name = parsed.name, argument = parsed.argument
         func expect(_ state: Wait) throws {
             guard wait == state else { throw TranscriptFailure("the machine waits for \(wait), not \(state)") }
             wait = .none
@@ -62,18 +61,9 @@ final class POP3TranscriptMachine: TranscriptMachine {
         case "tls":
             try expect(.tls)
             session.tlsEstablished()
-        case "password-ok":
-            try expect(.password)
-            perform(session.saslStep(.success(user: argument)))
-        case "password-fail":
-            try expect(.password)
-            perform(session.saslStep(.failure))
-        case "auth-ok":
-            try expect(.sasl)
-            perform(session.saslStep(.success(user: argument)))
-        case "auth-fail":
-            try expect(.sasl)
-            perform(session.saslStep(.failure))
+        case "password-ok", "password-fail", "auth-ok", "auth-fail":
+            try expect(name.hasPrefix("password") ? .password : .sasl)
+            perform(session.saslStep(name.hasSuffix("-ok") ? .success(user: argument) : .failure))
         case "auth-challenge":
             try expect(.sasl)
             guard let bytes = Base64.decode(argument) else { throw TranscriptFailure("bad base64") }

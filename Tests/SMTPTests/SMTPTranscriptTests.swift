@@ -80,9 +80,8 @@ final class SMTPTranscriptMachine: TranscriptMachine {
     }
 
     func inject(_ event: String) throws {
-        let words = event.split(separator: " ", maxSplits: 1)
-        let name = words.first.map(String.init) ?? ""
-        let argument = words.count > 1 ? String(words[1]) : ""
+        let parsed = TranscriptEvent(event)
+        let name = parsed.name, argument = parsed.argument
         func expectWait(_ matches: Bool, _ what: String) throws {
             if !matches { throw TranscriptFailure("the machine is not waiting for \(what)") }
         }

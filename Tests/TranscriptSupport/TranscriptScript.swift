@@ -125,6 +125,17 @@ public enum TranscriptParser {
     }
 }
 
+/// An `= name argument` event line, split once for every runner.
+public struct TranscriptEvent {
+    public let name: String
+    public let argument: String
+    public init(_ text: String) {
+        let words = text.split(separator: " ", maxSplits: 1)
+        name = words.first.map(String.init) ?? ""
+        argument = words.count > 1 ? String(words[1]) : ""
+    }
+}
+
 /// The `@ key=value` settings of a transcript, taken one by one; keys left over are errors.
 public struct TranscriptSettings {
     private var rest: [String: String]
